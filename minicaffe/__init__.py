@@ -1,0 +1,19 @@
+"""minicaffe: a small, fast, Caffe-compatible deep-learning framework.
+
+``import minicaffe as caffe`` gives the pycaffe surface: ``caffe.Net``, ``caffe.TRAIN``,
+``caffe.set_mode_cpu()``, ``caffe.get_solver`` and friends.
+"""
+from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: F401
+from .blob import Blob  # noqa: F401
+from .errors import LayerError, MiniCaffeError, PrototxtError, ShapeError  # noqa: F401
+from .layer import Layer, layer_types, register  # noqa: F401
+from .net import TEST, TRAIN, Net  # noqa: F401
+from .proto import caffe_pb2  # noqa: F401
+
+__version__ = "0.1.0"
+
+try:  # the solver arrives with its own module
+    from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
+                          NesterovSolver, RMSPropSolver, SGDSolver, get_solver)
+except ImportError:  # pragma: no cover
+    pass

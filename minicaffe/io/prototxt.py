@@ -1,0 +1,41 @@
+"""Reading and writing text protos (prototxt) with errors that name file, line and column."""
+import os
+
+from google.protobuf import text_format
+
+from ..errors import MiniCaffeError, PrototxtError
+
+
+def read_text(path):
+    if not os.path.exists(path):
+        raise MiniCaffeError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise MiniCaffeError(f"{path}: is a directory, expected a prototxt file")
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def parse_text(text, message, source="<string>"):
+    """Merge ``text`` into ``message``; a syntax error names ``source``:line:column."""
+    try:
+        text_format.Merge(text, message, allow_unknown_extension=False)
+    except text_format.ParseError as e:
+        line, col = e.GetLine(), e.GetColumn()
+        msg = str(e)
+        # ParseError's text starts with "line:col : "; keep only the explanation.
+        if line is not None and msg.startswith(f"{line}:"):
+            msg = msg.split(" : ", 1)[-1]
+        where = f"{source}:{line}:{col}" if line is not None else source
+        raise PrototxtError(f"{where}: {msg}") from None
+    return message
+
+
+def read_prototxt(path, message):
+    return parse_text(read_text(path), message, source=path)
+
+
+def write_prototxt(message, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text_format.MessageToString(message))
+    os.replace(tmp, path)

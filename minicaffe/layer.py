@@ -1,0 +1,146 @@
+"""Layer base class and the registry keyed by the prototxt ``type`` string.
+
+Every layer has Caffe's four verbs:
+
+* ``layer_setup(bottom, top)``: read the layer's parameters, create parameter blobs;
+* ``reshape(bottom, top)``: size the tops and scratch buffers from the bottoms (called before
+  every forward, so it must be cheap when nothing changed);
+* ``forward(bottom, top)``;
+* ``backward(top, propagate_down, bottom)``: write bottom diffs (overwrite) where
+  ``propagate_down[i]`` and *accumulate* parameter gradients into ``self.blobs[k].xdiff``
+  where ``self.param_propagate_down[k]`` (the solver clears them; accumulation is what makes
+  shared parameters and ``iter_size`` work).
+
+``bottom`` and ``top`` are lists of Blobs; in-place layers get the same Blob in both.
+"""
+from . import backend
+from .blob import Blob
+from .errors import LayerError
+
+_REGISTRY = {}
+
+
+def register(*type_names):
+    """Class decorator: make a layer class available under one or more prototxt type strings."""
+    def deco(cls):
+        for name in type_names:
+            _REGISTRY[name] = cls
+        if not getattr(cls, "type", None):
+            cls.type = type_names[0]
+        return cls
+    return deco
+
+
+def layer_types():
+    from . import layers  # noqa: F401  (importing the package registers every layer)
+    return sorted(_REGISTRY)
+
+
+def create_layer(param):
+    from . import layers  # noqa: F401
+    cls = _REGISTRY.get(param.type)
+    if cls is None:
+        raise LayerError(f"layer '{param.name}': unknown layer type '{param.type}' "
+                         f"(known types: {', '.join(sorted(_REGISTRY))})")
+    return cls(param)
+
+
+class Layer:
+    type = ""
+    # Bottom/top counts checked before setup (None: no constraint).
+    exact_num_bottom = None
+    min_num_bottom = None
+    max_num_bottom = None
+    exact_num_top = None
+    min_num_top = None
+    max_num_top = None
+    equal_num_bottom_top = False
+    # A layer that creates its tops when none are named (Caffe's AutoTopBlobs).
+    auto_top_blobs = False
+    # Layers whose name ends with "Loss" get loss_weight 1 on top 0 unless told otherwise.
+    is_loss = False
+
+    def __init__(self, param):
+        self.layer_param = param
+        self.name = param.name
+        self.phase = param.phase
+        self.blobs = []
+        self.param_propagate_down = []
+        self.loss_weights = []
+        if len(param.blobs):
+            for bp in param.blobs:
+                b = Blob()
+                b.from_proto(bp)
+                self.blobs.append(b)
+
+    # -- the four verbs ------------------------------------------------------------------------
+    def layer_setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError(f"{self.type} layer has no reshape")
+
+    def forward(self, bottom, top):
+        raise NotImplementedError(f"{self.type} layer has no forward")
+
+    def backward(self, top, propagate_down, bottom):
+        raise NotImplementedError(f"{self.type} layer has no backward")
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    # -- driver --------------------------------------------------------------------------------
+    def setup(self, bottom, top):
+        self.check_blob_counts(bottom, top)
+        self.layer_setup(bottom, top)
+        if len(self.param_propagate_down) != len(self.blobs):
+            self.param_propagate_down = [True] * len(self.blobs)
+        self.reshape(bottom, top)
+        self.set_loss_weights(top)
+
+    def set_loss_weights(self, top):
+        weights = list(self.layer_param.loss_weight)
+        if not weights and self.is_loss and top:
+            weights = [1.0] + [0.0] * (len(top) - 1)
+        if weights and len(weights) != len(top):
+            self.fail(f"{len(weights)} loss_weight values given for {len(top)} top blobs")
+        self.loss_weights = weights + [0.0] * (len(top) - len(weights))
+        for w, t in zip(self.loss_weights, top):
+            if w != 0:
+                t.xdiff[...] = w
+
+    def loss(self, top_index):
+        return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
+
+    def check_blob_counts(self, bottom, top):
+        nb, nt = len(bottom), len(top)
+
+        def want(what, n, exact, lo, hi):
+            if exact is not None and n != exact:
+                self.fail(f"takes exactly {exact} {what} blob(s), got {n}")
+            if lo is not None and n < lo:
+                self.fail(f"takes at least {lo} {what} blob(s), got {n}")
+            if hi is not None and n > hi:
+                self.fail(f"takes at most {hi} {what} blob(s), got {n}")
+        want("bottom", nb, self.exact_num_bottom, self.min_num_bottom, self.max_num_bottom)
+        want("top", nt, self.exact_num_top, self.min_num_top, self.max_num_top)
+        if self.equal_num_bottom_top and nb != nt:
+            self.fail(f"needs as many top as bottom blobs, got {nb} bottom and {nt} top")
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def fail(self, message, cls=LayerError):
+        raise cls(f"{self.type} layer '{self.name}': {message}")
+
+    def make_param_blob(self, shape, filler_param, dtype=None):
+        """A new parameter blob of ``shape`` filled by ``filler_param`` (a FillerParameter)."""
+        from .fillers import fill
+        b = Blob(shape) if dtype is None else Blob(shape, dtype=dtype)
+        fill(b, filler_param)
+        return b
+
+    @staticmethod
+    def xp_of(blob):
+        return backend.get_array_module(blob.xdata)
+
+    def __repr__(self):
+        return f"<{self.type} layer '{self.name}'>"
