@@ -151,8 +151,9 @@ class Blob:
     def share_diff(self, other):
         if other.count != self.count:
             raise ValueError(f"cannot share diff of {other.shape} with {self.shape}")
-        self._diff_buf = other._diff_buf if other._diff is not None else None
-        self._diff = other.xdiff.reshape(self._shape)
+        other_diff = other.xdiff  # allocates the owner's diff first, so the buffer exists
+        self._diff_buf = other._diff_buf
+        self._diff = other_diff.reshape(self._shape)
 
     # -- proto conversion ----------------------------------------------------------------------
     def to_proto(self, proto=None, write_diff=False):
