@@ -1,0 +1,281 @@
+"""Convolution / Deconvolution: forward against direct loops, gradients, shapes, errors."""
+import numpy as np
+import pytest
+
+from gradcheck import check_gradients, layer_param, setup_layer
+from minicaffe.errors import LayerError
+
+FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
+
+
+def conv_text(settings, kind="Convolution", fillers=FILLERS):
+    return f'name: "c1" type: "{kind}" convolution_param {{ {settings} {fillers} }}'
+
+
+def naive_conv(x, w, b, stride, pad, dilation, group):
+    """Direct definition: y[n, m, oy, ox] = b[m] + sum over the group's channels and the kernel."""
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    mg = m // group
+    oh = (h + 2 * pad[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+    ow = (wd + 2 * pad[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+    y = np.zeros((n, m, oh, ow))
+    for ni in range(n):
+        for mi in range(m):
+            g = mi // mg
+            for oy in range(oh):
+                for ox in range(ow):
+                    s = 0.0 if b is None else b[mi]
+                    for ci in range(cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                yy = oy * stride[0] - pad[0] + i * dilation[0]
+                                xx = ox * stride[1] - pad[1] + j * dilation[1]
+                                if 0 <= yy < h and 0 <= xx < wd:
+                                    s += w[mi, ci, i, j] * x[ni, g * cg + ci, yy, xx]
+                    y[ni, mi, oy, ox] = s
+    return y
+
+
+def naive_deconv(x, w, b, stride, pad, dilation, group):
+    """Direct definition of the transposed convolution: every input pixel scatters its
+    weighted kernel into the output (weights (C, num_output/group, kh, kw))."""
+    n, c, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    cg = c // group
+    oh = stride[0] * (h - 1) + dilation[0] * (kh - 1) + 1 - 2 * pad[0]
+    ow = stride[1] * (wd - 1) + dilation[1] * (kw - 1) + 1 - 2 * pad[1]
+    y = np.zeros((n, og * group, oh, ow))
+    for ni in range(n):
+        for ci in range(c):
+            g = ci // cg
+            for iy in range(h):
+                for ix in range(wd):
+                    for o in range(og):
+                        for i in range(kh):
+                            for j in range(kw):
+                                yy = iy * stride[0] - pad[0] + i * dilation[0]
+                                xx = ix * stride[1] - pad[1] + j * dilation[1]
+                                if 0 <= yy < oh and 0 <= xx < ow:
+                                    y[ni, g * og + o, yy, xx] += w[ci, o, i, j] * x[ni, ci, iy, ix]
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+# settings, input shape, stride, pad, dilation, group
+CASES = {
+    "plain": ("num_output: 3 kernel_size: 3", (2, 2, 5, 6), (1, 1), (0, 0), (1, 1), 1),
+    "stride2_pad1": ("num_output: 3 kernel_size: 3 stride: 2 pad: 1",
+                     (2, 2, 6, 7), (2, 2), (1, 1), (1, 1), 1),
+    "dilation2": ("num_output: 2 kernel_size: 3 dilation: 2 pad: 2",
+                  (1, 3, 7, 6), (1, 1), (2, 2), (2, 2), 1),
+    "group2": ("num_output: 4 kernel_size: 3 pad: 1 group: 2", (2, 4, 5, 5), (1, 1), (1, 1), (1, 1), 2),
+    "rect": ("num_output: 3 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0",
+             (2, 2, 7, 5), (2, 1), (1, 0), (1, 1), 1),
+    "repeated_fields": ("num_output: 2 kernel_size: 2 kernel_size: 3 stride: 1 stride: 2 "
+                        "pad: 0 pad: 1 dilation: 2 dilation: 1",
+                        (1, 2, 6, 7), (1, 2), (0, 1), (2, 1), 1),
+    "5x5_pad2": ("num_output: 2 kernel_size: 5 pad: 2", (2, 3, 6, 6), (1, 1), (2, 2), (1, 1), 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_conv_forward_matches_direct_loops(case):
+    settings, shape, stride, pad, dilation, group = CASES[case]
+    x = np.random.RandomState(0).standard_normal(shape)
+    layer, bottom, top = setup_layer(layer_param(conv_text(settings)), [x])
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, group),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_conv_gradients(case):
+    settings, shape = CASES[case][:2]
+    x = np.random.RandomState(1).standard_normal(shape)
+    check_gradients(conv_text(settings), [x])
+
+
+def test_conv_without_bias_has_one_blob_and_right_gradients():
+    text = conv_text("num_output: 3 kernel_size: 3 stride: 2 pad: 1 bias_term: false",
+                     fillers='weight_filler { type: "gaussian" }')
+    x = np.random.RandomState(2).standard_normal((2, 2, 5, 5))
+    layer = check_gradients(text, [x])
+    assert len(layer.blobs) == 1
+    assert layer.blobs[0].shape == (3, 2, 3, 3)
+    bottom, top = _bt(layer, x)
+    layer.forward(bottom, top)
+    ref = naive_conv(x, layer.blobs[0].data, None, (2, 2), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-10, atol=1e-10)
+
+
+def _bt(layer, *arrays):
+    from gradcheck import make_blobs
+    from minicaffe.blob import Blob
+    bottom = make_blobs(arrays)
+    top = [Blob(dtype=np.float64) for _ in arrays]
+    layer.reshape(bottom, top)
+    return bottom, top
+
+
+def test_conv_two_bottom_top_pairs_share_weights():
+    text = conv_text("num_output: 2 kernel_size: 3 pad: 1 stride: 2")
+    rs = np.random.RandomState(3)
+    x0, x1 = rs.standard_normal((2, 2, 5, 5)), rs.standard_normal((2, 2, 5, 5))
+    layer = check_gradients(text, [x0, x1], num_top=2)
+    bottom, top = _bt(layer, x0, x1)
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    for xi, t in zip((x0, x1), top):
+        np.testing.assert_allclose(t.data, naive_conv(xi, w, b, (2, 2), (1, 1), (1, 1), 1),
+                                   rtol=1e-10, atol=1e-10)
+
+
+def test_conv_two_pairs_weight_gradient_is_sum_of_both():
+    text = conv_text("num_output: 2 kernel_size: 3")
+    rs = np.random.RandomState(4)
+    x0, x1 = rs.standard_normal((1, 2, 4, 4)), rs.standard_normal((1, 2, 4, 4))
+
+    def grads(arrays):
+        layer, bottom, top = setup_layer(layer_param(text), arrays, num_top=len(arrays))
+        layer.forward(bottom, top)
+        for t in top:
+            t.diff[...] = 1.0
+        for p in layer.blobs:
+            p.diff[...] = 0
+        layer.backward(top, [True] * len(arrays), bottom)
+        return [p.diff.copy() for p in layer.blobs]
+
+    both, only0, only1 = grads([x0, x1]), grads([x0]), grads([x1])
+    for k in range(2):
+        np.testing.assert_allclose(both[k], only0[k] + only1[k], rtol=1e-12)
+
+
+def test_conv_axis_2_folds_leading_axes_into_the_batch():
+    x = np.random.RandomState(5).standard_normal((2, 3, 2, 5, 4))
+    text = conv_text("num_output: 3 kernel_size: 3 pad: 1 axis: 2")
+    layer, bottom, top = setup_layer(layer_param(text), [x])
+    layer.forward(bottom, top)
+    assert top[0].shape == (2, 3, 3, 5, 4)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    ref = naive_conv(x.reshape(6, 2, 5, 4), w, b, (1, 1), (1, 1), (1, 1), 1).reshape(2, 3, 3, 5, 4)
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-10, atol=1e-10)
+    check_gradients(text, [x])
+
+
+def test_conv_output_shapes_follow_caffe_formula():
+    for settings, shape, want in [
+        ("num_output: 32 kernel_size: 5 pad: 2", (1, 3, 32, 32), (1, 32, 32, 32)),
+        ("num_output: 4 kernel_size: 3 stride: 2", (1, 1, 32, 32), (1, 4, 15, 15)),
+        ("num_output: 4 kernel_size: 3 stride: 2 pad: 1", (1, 1, 32, 32), (1, 4, 16, 16)),
+        ("num_output: 4 kernel_size: 3 dilation: 3", (1, 1, 10, 11), (1, 4, 4, 5)),
+        ("num_output: 4 kernel_h: 1 kernel_w: 5 stride_h: 3 stride_w: 2", (2, 1, 10, 11),
+         (2, 4, 4, 4)),
+    ]:
+        _, _, top = setup_layer(layer_param(conv_text(settings)), [np.zeros(shape)])
+        assert top[0].shape == want, settings
+
+
+def test_conv_weight_shape_with_group_and_default_fillers():
+    text = 'name: "c1" type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 3 }'
+    layer, _, _ = setup_layer(layer_param(text), [np.zeros((1, 9, 4, 4))])
+    assert [b.shape for b in layer.blobs] == [(6, 3, 3, 3), (6,)]
+    assert not layer.blobs[0].data.any() and not layer.blobs[1].data.any()   # constant 0
+
+
+def test_conv_reshape_with_new_spatial_size_and_batch():
+    text = conv_text("num_output: 2 kernel_size: 3 pad: 1 stride: 2")
+    layer, _, _ = setup_layer(layer_param(text), [np.zeros((2, 2, 6, 6))])
+    x = np.random.RandomState(6).standard_normal((3, 2, 9, 7))
+    bottom, top = _bt(layer, x)
+    layer.forward(bottom, top)
+    ref = naive_conv(x, layer.blobs[0].data, layer.blobs[1].data, (2, 2), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_conv_wrong_channels_names_layer_and_shapes():
+    layer, _, _ = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3")),
+                              [np.zeros((1, 3, 5, 5))])
+    with pytest.raises(LayerError, match=r"'c1'.*\(1, 4, 5, 5\)"):
+        _bt(layer, np.zeros((1, 4, 5, 5)))
+
+
+def test_conv_bottoms_of_different_shapes_rejected():
+    with pytest.raises(LayerError, match=r"'c1'.*same shape"):
+        setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3")),
+                    [np.zeros((1, 3, 5, 5)), np.zeros((1, 3, 6, 5))], num_top=2)
+
+
+@pytest.mark.parametrize("settings, shape, pattern", [
+    ("num_output: 3 kernel_size: 3 group: 2", (1, 4, 5, 5), "multiple of group"),
+    ("num_output: 4 kernel_size: 3 group: 2", (1, 3, 5, 5), "multiple of group"),
+    ("num_output: 4", (1, 3, 5, 5), "kernel_size"),
+    ("num_output: 4 kernel_size: 3 kernel_h: 3 kernel_w: 3", (1, 3, 5, 5), "not both"),
+    ("num_output: 4 kernel_size: 7", (1, 3, 5, 5), "does not fit"),
+    ("num_output: 4 kernel_size: 3", (1, 3, 5, 5, 5), "spatial"),
+    ("kernel_size: 3", (1, 3, 5, 5), "num_output"),
+])
+def test_conv_bad_settings_fail_with_layer_name(settings, shape, pattern):
+    with pytest.raises(LayerError, match=rf"Convolution layer 'c1'.*{pattern}"):
+        setup_layer(layer_param(conv_text(settings)), [np.zeros(shape)])
+
+
+# -- Deconvolution -----------------------------------------------------------------------------
+DECONV_CASES = {
+    "stride2_pad1": ("num_output: 3 kernel_size: 3 stride: 2 pad: 1", (2, 2, 3, 4), (2, 2), (1, 1),
+                     (1, 1), 1),
+    "group2_rect": ("num_output: 4 kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 group: 2",
+                    (1, 4, 3, 3), (2, 1), (0, 0), (1, 1), 2),
+    "dilation": ("num_output: 2 kernel_size: 3 dilation: 2 pad: 1", (1, 2, 3, 3), (1, 1), (1, 1),
+                 (2, 2), 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DECONV_CASES))
+def test_deconv_forward_matches_direct_loops(case):
+    settings, shape, stride, pad, dilation, group = DECONV_CASES[case]
+    x = np.random.RandomState(7).standard_normal(shape)
+    layer, bottom, top = setup_layer(layer_param(conv_text(settings, "Deconvolution")), [x])
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    assert w.shape[0] == shape[1]      # (C, num_output/group, kh, kw)
+    np.testing.assert_allclose(top[0].data, naive_deconv(x, w, b, stride, pad, dilation, group),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", sorted(DECONV_CASES))
+def test_deconv_gradients(case):
+    settings, shape = DECONV_CASES[case][:2]
+    x = np.random.RandomState(8).standard_normal(shape)
+    check_gradients(conv_text(settings, "Deconvolution"), [x])
+
+
+def test_deconv_two_pairs_and_no_bias():
+    text = conv_text("num_output: 2 kernel_size: 2 stride: 2 bias_term: false", "Deconvolution",
+                     'weight_filler { type: "gaussian" }')
+    rs = np.random.RandomState(9)
+    layer = check_gradients(text, [rs.standard_normal((1, 2, 3, 3)), rs.standard_normal((1, 2, 3, 3))],
+                            num_top=2)
+    assert len(layer.blobs) == 1
+
+
+def test_deconv_output_size_inverts_conv():
+    text = conv_text("num_output: 8 kernel_size: 4 stride: 2 pad: 1", "Deconvolution")
+    _, _, top = setup_layer(layer_param(text), [np.zeros((2, 3, 16, 16))])
+    assert top[0].shape == (2, 8, 32, 32)
+
+
+def test_conv_weights_given_with_the_layer_are_used_and_checked():
+    w = np.arange(2 * 1 * 2 * 2, dtype=float) - 3.0
+    blobs = ('blobs { shape { dim: 2 dim: 1 dim: 2 dim: 2 } '
+             + " ".join(f"data: {v}" for v in w) + ' } blobs { shape { dim: 2 } data: 0.5 data: -1 }')
+    text = f'name: "c1" type: "Convolution" convolution_param {{ num_output: 2 kernel_size: 2 }} {blobs}'
+    x = np.random.RandomState(10).standard_normal((1, 1, 3, 4))
+    layer, bottom, top = setup_layer(layer_param(text), [x])
+    layer.forward(bottom, top)
+    want = naive_conv(x, w.reshape(2, 1, 2, 2), np.array([0.5, -1.0]), (1, 1), (0, 0), (1, 1), 1)
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-6)
+    with pytest.raises(LayerError, match=r"'c1'.*\(2, 1, 2, 2\).*\(2, 1, 3, 3\)"):
+        setup_layer(layer_param(text.replace("kernel_size: 2", "kernel_size: 3")), [x])
