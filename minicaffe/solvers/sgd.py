@@ -1,0 +1,316 @@
+"""SGD and the update rules built on it, with Caffe's learning-rate policies and order.
+
+    rate = policy(iter); clip gradients (global L2 norm > clip_gradients); then for every
+    learnable parameter: normalise by iter_size, regularise (L2: + decay * data, L1:
+    + decay * sign(data), decay = weight_decay * decay_mult), compute the step with
+    local_rate = rate * lr_mult; then data -= diff for all parameters; iter += 1.
+
+The other types (Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) only change the step. A
+``.solverstate`` holds ``iter``, ``learned_net``, ``current_step`` and the history blobs in
+Caffe's layout: one per parameter, except AdaDelta and Adam which store 2 x n (squared
+gradients / first moments for the n parameters, then squared updates / second moments).
+"""
+import logging
+import math
+import os
+
+from .. import backend
+from ..errors import MiniCaffeError
+from ..io.protobinary import array_to_blobproto, blobproto_to_array, read_binary, write_binary
+from ..proto import caffe_pb2
+from .solver import Solver, _g
+
+log = logging.getLogger("minicaffe")
+
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+class SGDSolver(Solver):
+    """Stochastic gradient descent with momentum; the base of the other update rules."""
+    type = "SGD"
+    history_sets = 1   # history blobs per learnable parameter in the solverstate
+
+    def __init__(self, param, source=None):
+        super().__init__(param, source)
+        self._check_update_param()
+        self.pre_solve()
+
+    def _check_update_param(self):
+        p = self.param
+        policy = p.lr_policy
+        if policy not in LR_POLICIES:
+            raise self._error(f"unknown lr_policy '{policy}' (one of {', '.join(LR_POLICIES)})"
+                              if policy else f"lr_policy is not set (one of "
+                              f"{', '.join(LR_POLICIES)})")
+        if policy in ("step", "sigmoid") and p.stepsize <= 0:
+            raise self._error(f"lr_policy '{policy}' needs a positive stepsize")
+        if policy in ("step", "exp", "inv", "multistep", "sigmoid") and p.gamma < 0:
+            raise self._error(f"gamma must not be negative, got {p.gamma}")
+        if policy == "poly" and p.max_iter <= 0:
+            raise self._error("lr_policy 'poly' needs a positive max_iter")
+        if p.regularization_type not in ("L1", "L2"):
+            raise self._error(f"unknown regularization_type '{p.regularization_type}' "
+                              "(L1 or L2)")
+
+    def pre_solve(self):
+        learnable = self.net.learnable_params
+        self._params = [b for b, _ in learnable]
+        self._lr_mult = [float(s.lr_mult) for _, s in learnable]
+        self._decay_mult = [float(s.decay_mult) for _, s in learnable]
+        self._xp = [backend.get_array_module(b.xdata) for b in self._params]
+        self.history = [xp.zeros_like(b.xdata) for _ in range(self.history_sets)
+                        for b, xp in zip(self._params, self._xp)]
+        self._update = [xp.zeros_like(b.xdata) for b, xp in zip(self._params, self._xp)]
+        self._temp = [xp.zeros_like(b.xdata) for b, xp in zip(self._params, self._xp)]
+
+    # -- learning rate -------------------------------------------------------------------------
+    def get_learning_rate(self):
+        p = self.param
+        policy, it = p.lr_policy, self.iter
+        if policy == "fixed":
+            return p.base_lr
+        if policy == "step":
+            self.current_step = it // p.stepsize
+            return p.base_lr * p.gamma ** self.current_step
+        if policy == "exp":
+            return p.base_lr * p.gamma ** it
+        if policy == "inv":
+            return p.base_lr * _pow(1.0 + p.gamma * it, -p.power)
+        if policy == "multistep":
+            if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
+                self.current_step += 1
+                log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
+            return p.base_lr * p.gamma ** self.current_step
+        if policy == "poly":
+            return p.base_lr * _pow(1.0 - it / p.max_iter, p.power)
+        if policy == "sigmoid":
+            z = -p.gamma * (it - p.stepsize)
+            return p.base_lr * (0.0 if z > 700 else 1.0 / (1.0 + math.exp(z)))
+        raise self._error(f"unknown lr_policy '{policy}'")
+
+    # -- update --------------------------------------------------------------------------------
+    def apply_update(self):
+        p = self.param
+        rate = self.get_learning_rate()
+        if p.display and self.iter % p.display == 0:
+            log.info("Iteration %d, lr = %s", self.iter, _g(rate))
+        self.clip_gradients()
+        for i in range(len(self._params)):
+            self.normalize(i)
+            self.regularize(i)
+            self.compute_update_value(i, rate)
+        for b in self._params:
+            data = b.xdata
+            data -= b.xdiff
+
+    def clip_gradients(self):
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        sumsq = 0.0
+        for b, xp in zip(self._params, self._xp):
+            d = b.xdiff.ravel()
+            sumsq += float(xp.dot(d, d))
+        norm = math.sqrt(sumsq)
+        if norm > clip:
+            scale = clip / norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale "
+                     "factor %s", _g(norm), _g(clip), _g(scale))
+            for b in self._params:
+                d = b.xdiff
+                d *= scale
+
+    def normalize(self, i):
+        if self.param.iter_size != 1:
+            d = self._params[i].xdiff
+            d *= 1.0 / self.param.iter_size
+
+    def regularize(self, i):
+        local_decay = self.param.weight_decay * self._decay_mult[i]
+        if not local_decay:
+            return
+        b, tmp, xp = self._params[i], self._temp[i], self._xp[i]
+        if self.param.regularization_type == "L2":
+            xp.multiply(b.xdata, local_decay, out=tmp)
+        else:
+            xp.sign(b.xdata, out=tmp)
+            tmp *= local_decay
+        d = b.xdiff
+        d += tmp
+
+    def compute_update_value(self, i, rate):
+        """SGD: history = momentum * history + local_rate * diff; diff = history."""
+        g, h, tmp = self._params[i].xdiff, self.history[i], self._temp[i]
+        self._xp[i].multiply(g, rate * self._lr_mult[i], out=tmp)
+        h *= self.param.momentum
+        h += tmp
+        g[...] = h
+
+    # -- solver state --------------------------------------------------------------------------
+    def snapshot_solver_state(self, model_file):
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_file,
+                                      current_step=self.current_step)
+        for h in self.history:
+            array_to_blobproto(backend.to_numpy(h), proto=state.history.add())
+        state_file = self._snapshot_filename(".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", state_file)
+        write_binary(state, state_file)
+        return state_file
+
+    def restore(self, state_file):
+        """Continue from a .solverstate: iteration, weights (its learned_net) and history."""
+        state_file = os.fspath(state_file)
+        if state_file.endswith(".h5"):
+            raise MiniCaffeError(f"{state_file}: HDF5 solver states are not supported; use a "
+                                 "binary .solverstate")
+        state = read_binary(state_file, caffe_pb2.SolverState())
+        if len(state.history) != len(self.history):
+            raise MiniCaffeError(
+                f"{state_file}: holds {len(state.history)} history blobs, but the "
+                f"{self.type} solver of this net needs {len(self.history)} (written by another "
+                "solver type or for another net?)")
+        arrays = []
+        for k, (bp, h) in enumerate(zip(state.history, self.history)):
+            arr = blobproto_to_array(bp)
+            if arr.size != h.size:
+                raise MiniCaffeError(f"{state_file}: history blob {k} has shape {arr.shape}, "
+                                     f"the parameter has shape {tuple(h.shape)}")
+            arrays.append(arr.reshape(h.shape))
+        if state.learned_net:
+            learned = state.learned_net
+            if not os.path.isabs(learned) and not os.path.exists(learned):
+                beside = os.path.join(os.path.dirname(state_file), os.path.basename(learned))
+                if os.path.exists(beside):
+                    learned = beside
+            self.net.copy_from(learned)
+        self.iter = state.iter
+        self.current_step = state.current_step
+        log.info("SGDSolver: restoring history")
+        for h, arr in zip(self.history, arrays):
+            h[...] = backend.get_array_module(h).asarray(arr)
+
+
+class NesterovSolver(SGDSolver):
+    """Nesterov momentum: diff = (1 + momentum) * history_new - momentum * history_old."""
+    type = "Nesterov"
+
+    def compute_update_value(self, i, rate):
+        g, h, prev, tmp = self._params[i].xdiff, self.history[i], self._update[i], self._temp[i]
+        momentum = self.param.momentum
+        prev[...] = h
+        self._xp[i].multiply(g, rate * self._lr_mult[i], out=tmp)
+        h *= momentum
+        h += tmp
+        prev *= -momentum
+        self._xp[i].multiply(h, 1.0 + momentum, out=g)
+        g += prev
+
+
+class AdaGradSolver(SGDSolver):
+    """history += diff^2; diff = local_rate * diff / (sqrt(history) + delta)."""
+    type = "AdaGrad"
+
+    def _check_update_param(self):
+        super()._check_update_param()
+        if self.param.momentum != 0:
+            raise self._error("Momentum cannot be used with AdaGrad.")
+
+    def compute_update_value(self, i, rate):
+        b, xp = self._params[i], self._xp[i]
+        g, h, upd = b.xdiff, self.history[i], self._update[i]
+        xp.multiply(g, g, out=upd)
+        h += upd
+        xp.sqrt(h, out=upd)
+        upd += self.param.delta
+        xp.divide(g, upd, out=upd)
+        xp.multiply(upd, rate * self._lr_mult[i], out=g)
+
+
+class RMSPropSolver(SGDSolver):
+    """history = rms_decay * history + (1 - rms_decay) * diff^2;
+    diff = local_rate * diff / (sqrt(history) + delta)."""
+    type = "RMSProp"
+
+    def _check_update_param(self):
+        super()._check_update_param()
+        if self.param.momentum != 0:
+            raise self._error("Momentum cannot be used with RMSProp.")
+        if not 0 <= self.param.rms_decay < 1:
+            raise self._error(f"rms_decay should lie between 0 and 1, got {self.param.rms_decay}")
+
+    def compute_update_value(self, i, rate):
+        b, xp = self._params[i], self._xp[i]
+        g, h, upd = b.xdiff, self.history[i], self._update[i]
+        decay = self.param.rms_decay
+        xp.multiply(g, g, out=upd)
+        upd *= 1.0 - decay
+        h *= decay
+        h += upd
+        xp.sqrt(h, out=upd)
+        upd += self.param.delta
+        xp.divide(g, upd, out=upd)
+        xp.multiply(upd, rate * self._lr_mult[i], out=g)
+
+
+class AdaDeltaSolver(SGDSolver):
+    """Zeiler's AdaDelta with Caffe's local_rate factor. History: n squared-gradient
+    averages, then n squared-update averages."""
+    type = "AdaDelta"
+    history_sets = 2
+
+    def compute_update_value(self, i, rate):
+        b, xp = self._params[i], self._xp[i]
+        g, upd, tmp = b.xdiff, self._update[i], self._temp[i]
+        h_grad, h_upd = self.history[i], self.history[len(self._params) + i]
+        momentum, delta = self.param.momentum, self.param.delta
+        xp.multiply(g, g, out=upd)
+        upd *= 1.0 - momentum
+        h_grad *= momentum
+        h_grad += upd
+        xp.add(h_upd, delta, out=upd)
+        xp.add(h_grad, delta, out=tmp)
+        upd /= tmp
+        xp.sqrt(upd, out=upd)
+        g *= upd
+        xp.multiply(g, g, out=upd)
+        upd *= 1.0 - momentum
+        h_upd *= momentum
+        h_upd += upd
+        g *= rate * self._lr_mult[i]
+
+
+class AdamSolver(SGDSolver):
+    """Kingma & Ba's Adam: m, v moving averages (history: n first moments, then n second
+    moments); diff = local_rate * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + delta),
+    t = iter + 1."""
+    type = "Adam"
+    history_sets = 2
+
+    def compute_update_value(self, i, rate):
+        b, xp = self._params[i], self._xp[i]
+        g, tmp = b.xdiff, self._temp[i]
+        m, v = self.history[i], self.history[len(self._params) + i]
+        beta1, beta2 = self.param.momentum, self.param.momentum2
+        t = self.iter + 1
+        correction = math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+        xp.multiply(g, 1.0 - beta1, out=tmp)
+        m *= beta1
+        m += tmp
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - beta2
+        v *= beta2
+        v += tmp
+        xp.sqrt(v, out=tmp)
+        tmp += self.param.delta
+        xp.divide(m, tmp, out=tmp)
+        xp.multiply(tmp, rate * self._lr_mult[i] * correction, out=g)
+
+
+def _pow(base, exponent):
+    """C's pow: a negative base with a fractional exponent gives NaN, not a complex number."""
+    if base < 0 and exponent != int(exponent):
+        return float("nan")
+    try:
+        return math.pow(base, exponent)
+    except (OverflowError, ZeroDivisionError):
+        return float("inf")
