@@ -12,8 +12,5 @@ from .proto import caffe_pb2  # noqa: F401
 
 __version__ = "0.1.0"
 
-try:  # the solver arrives with its own module
-    from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
-                          NesterovSolver, RMSPropSolver, SGDSolver, get_solver)
-except ImportError:  # pragma: no cover
-    pass
+from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
+                      NesterovSolver, RMSPropSolver, SGDSolver, get_solver)
