@@ -14,3 +14,7 @@ __version__ = "0.1.0"
 
 from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
                       NesterovSolver, RMSPropSolver, SGDSolver, get_solver)
+from . import io  # noqa: F401,E402
+from .classifier import Classifier  # noqa: F401,E402
+# pycaffe's NetSpec names: caffe.layers is the NetSpec layer factory (L), as in pycaffe.
+from .net_spec import NetSpec, layers, params, to_proto  # noqa: F401,E402

@@ -393,10 +393,16 @@ COMMANDS = {"train": cmd_train, "test": cmd_test, "time": cmd_time,
             "device_query": cmd_device_query}
 # Verbs with their own argument parsing: name -> {subcommand: "module:function(argv) -> int"}.
 PASSTHROUGH = {"data": {"cifar10": "minicaffe.data.cifar10:main_cifar10"}}
+# Verbs handled wholly by another module's main(argv).
+DIRECT = {"draw": "minicaffe.draw:main_draw", "fold-bn": "minicaffe.fold_bn:main_fold_bn",
+          "classify": "minicaffe.classify:main_classify"}
 
 
 def _passthrough(verb, argv):
-    subs = PASSTHROUGH[verb]
+    if verb in DIRECT:
+        subs, argv = {verb: DIRECT[verb]}, [verb] + list(argv)
+    else:
+        subs = PASSTHROUGH[verb]
     if not argv or argv[0] not in subs:
         sys.stderr.write(f"minicaffe: error: '{verb}' needs one of: {', '.join(subs)} "
                          f"(e.g. minicaffe {verb} {next(iter(subs))} --help)\n")
@@ -416,7 +422,7 @@ def _passthrough(verb, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in PASSTHROUGH:
+    if argv and (argv[0] in PASSTHROUGH or argv[0] in DIRECT):
         return _passthrough(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(normalize_argv(argv))
