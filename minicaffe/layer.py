@@ -16,6 +16,7 @@ Every layer has Caffe's four verbs:
 from . import backend
 from .blob import Blob
 from .errors import LayerError
+from .proto import caffe_pb2
 
 _REGISTRY = {}
 
@@ -40,8 +41,11 @@ def create_layer(param):
     from . import layers  # noqa: F401
     cls = _REGISTRY.get(param.type)
     if cls is None:
-        raise LayerError(f"layer '{param.name}': unknown layer type '{param.type}' "
-                         f"(known types: {', '.join(sorted(_REGISTRY))})")
+        import difflib
+        close = difflib.get_close_matches(param.type, list(_REGISTRY), n=3)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
+            " (minicaffe.layer_types() lists the known types)"
+        raise LayerError(f"layer '{param.name}': unknown layer type '{param.type}'{hint}")
     return cls(param)
 
 
@@ -88,6 +92,12 @@ class Layer:
 
     def allow_force_backward(self, bottom_index):
         return True
+
+    def default_param_spec(self, param_index):
+        """The ParamSpec (lr_mult, decay_mult) for parameter blob ``param_index`` when the
+        prototxt gives no ``param`` for it. Layers whose blobs are not learned (BatchNorm's
+        statistics) return lr_mult 0 here."""
+        return caffe_pb2.ParamSpec()
 
     # -- driver --------------------------------------------------------------------------------
     def setup(self, bottom, top):

@@ -267,7 +267,7 @@ class Net:
                                  f"parameter blob{'s' if n_blobs != 1 else ''}")
             need_backward = any(self._blob_need_backward[b] for b in bids)
             for pi in range(n_blobs):
-                spec = lp.param[pi] if pi < n_specs else caffe_pb2.ParamSpec()
+                spec = lp.param[pi] if pi < n_specs else layer.default_param_spec(pi)
                 self._append_param(li, layer, pi, spec)
                 pneed = spec.lr_mult != 0
                 layer.param_propagate_down[pi] = pneed
