@@ -30,6 +30,22 @@ def _n(shape, param):
     return fan_in
 
 
+# Draws are made in float32 directly: a float64 draw of a VGG-sized fc layer would need
+# ~0.8 GB of temporaries.
+def _uniform(g, lo, hi, shape):
+    out = g.random(shape, dtype=np.float32)
+    out *= np.float32(hi - lo)
+    out += np.float32(lo)
+    return out
+
+
+def _normal(g, mean, std, shape):
+    out = g.standard_normal(shape, dtype=np.float32)
+    out *= np.float32(std)
+    out += np.float32(mean)
+    return out
+
+
 def filled_array(shape, param):
     """A float32 NumPy array of ``shape`` filled as Caffe's filler ``param.type`` would."""
     shape = tuple(int(s) for s in shape)
@@ -38,9 +54,9 @@ def filled_array(shape, param):
     if kind == "constant":
         return np.full(shape, param.value, dtype=np.float32)
     if kind == "uniform":
-        return g.uniform(param.min, param.max, shape).astype(np.float32)
+        return _uniform(g, param.min, param.max, shape)
     if kind == "gaussian":
-        out = g.normal(param.mean, param.std, shape).astype(np.float32)
+        out = _normal(g, param.mean, param.std, shape)
         if param.sparse >= 0:
             # Each output unit keeps on average `sparse` nonzero inputs.
             if len(shape) < 1:
@@ -56,10 +72,10 @@ def filled_array(shape, param):
         return out
     if kind == "xavier":
         scale = math.sqrt(3.0 / _n(shape, param))
-        return g.uniform(-scale, scale, shape).astype(np.float32)
+        return _uniform(g, -scale, scale, shape)
     if kind == "msra":
         std = math.sqrt(2.0 / _n(shape, param))
-        return g.normal(0.0, std, shape).astype(np.float32)
+        return _normal(g, 0.0, std, shape)
     if kind == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
             raise MiniCaffeError(f"bilinear filler needs a 4-D blob with square kernels, got {shape}")

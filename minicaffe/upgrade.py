@@ -1,49 +1,86 @@
-"""Bring older NetParameter forms up to date, as Caffe's upgrade_proto does on load."""
+"""Bring older NetParameter forms up to date, as Caffe's UpgradeNetAsNeeded does on load.
+
+In Caffe's order: V0 layers → V1 layers (upgrade_v1.upgrade_v0_net), V1 ``layers`` → ``layer``
+(with the old data-transform fields moved to transform_param), the net-level
+``input``/``input_shape``/``input_dim`` fields → an Input layer, and BatchNorm layers that
+declare three param specs (the old way of freezing their statistics) → lr_mult/decay_mult 0.
+"""
 import logging
 
+from .errors import MiniCaffeError
 from .proto import caffe_pb2
 
 log = logging.getLogger("minicaffe")
 
 
 def upgrade_net_input(param):
-    """Turn the legacy net-level ``input``/``input_shape``/``input_dim`` into an Input layer."""
+    """Turn the legacy net-level ``input``/``input_shape``/``input_dim`` into an Input layer.
+
+    As in Caffe, inputs with neither shapes nor dims (the form old .caffemodel files carry)
+    are simply dropped: there is nothing to build an Input layer from.
+    """
     if not len(param.input):
         return False
     n = len(param.input)
     shapes = []
     if len(param.input_shape):
         if len(param.input_shape) not in (1, n):
-            raise ValueError(f"net has {n} inputs but {len(param.input_shape)} input_shape entries")
+            raise MiniCaffeError(f"net has {n} inputs but {len(param.input_shape)} "
+                                 "input_shape entries")
         shapes = [list(s.dim) for s in param.input_shape]
         if len(shapes) == 1 and n > 1:
             shapes = shapes * n
     elif len(param.input_dim):
         dims = list(param.input_dim)
         if len(dims) != 4 * n:
-            raise ValueError(f"net has {n} inputs: input_dim needs {4 * n} values, got {len(dims)}")
+            raise MiniCaffeError(f"net has {n} inputs: input_dim needs {4 * n} values "
+                                 f"(4 per input), got {len(dims)}")
         shapes = [dims[4 * i:4 * i + 4] for i in range(n)]
-    layer = caffe_pb2.LayerParameter(name="input", type="Input")
-    for i, name in enumerate(param.input):
-        layer.top.append(name)
-        if shapes:
+    if shapes:
+        layer = caffe_pb2.LayerParameter(name="input", type="Input")
+        for i, name in enumerate(param.input):
+            layer.top.append(name)
             layer.input_param.shape.add().dim.extend(shapes[i])
-    old_layers = list(param.layer)
-    param.ClearField("layer")
-    param.layer.add().CopyFrom(layer)
-    for lp in old_layers:
-        param.layer.add().CopyFrom(lp)
+        old_layers = list(param.layer)
+        param.ClearField("layer")
+        param.layer.add().CopyFrom(layer)
+        for lp in old_layers:
+            param.layer.add().CopyFrom(lp)
+    else:
+        log.info("net inputs %s have no input_shape/input_dim; dropped as Caffe does",
+                 list(param.input))
     param.ClearField("input")
     param.ClearField("input_shape")
     param.ClearField("input_dim")
     return True
 
 
+def upgrade_batch_norm(param):
+    """Caffe's UpgradeNetBatchNorm: a BatchNorm layer with exactly three param specs (old
+    prototxts froze the statistics that way, some with lr_mult 1) gets lr_mult and decay_mult
+    0 on all three; other ParamSpec fields stay."""
+    changed = False
+    for lp in param.layer:
+        if lp.type == "BatchNorm" and len(lp.param) == 3:
+            for spec in lp.param:
+                if spec.lr_mult != 0 or spec.decay_mult != 0:
+                    changed = True
+                spec.lr_mult = 0.0
+                spec.decay_mult = 0.0
+    return changed
+
+
 def upgrade_net(param, source="<net>"):
-    """Upgrade ``param`` in place; returns it. V1/V0 layer lists are handled by upgrade_v1."""
+    """Upgrade ``param`` in place; returns it."""
+    from . import upgrade_v1
+    if upgrade_v1.net_is_v0(param):
+        upgrade_v1.upgrade_v0_net(param)
+        log.info("%s: upgraded V0 layer definitions to V1", source)
     if len(param.layers):
-        from . import upgrade_v1
         upgrade_v1.upgrade_v1_net(param)
         log.info("%s: upgraded V1 'layers' to 'layer'", source)
     upgrade_net_input(param)
+    if upgrade_batch_norm(param):
+        log.info("%s: BatchNorm statistics given as three param specs set to lr_mult 0 "
+                 "(Caffe's BatchNorm upgrade)", source)
     return param

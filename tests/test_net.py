@@ -268,3 +268,15 @@ def test_errors_name_the_problem(tmp_path):
         caffe.Net(str(tmp_path / "missing.prototxt"), caffe.TRAIN)
     with pytest.raises(caffe.MiniCaffeError, match="nothere.caffemodel: no such file"):
         net_from(INPUT).copy_from(str(tmp_path / "nothere.caffemodel"))
+
+
+def test_loss_layer_without_top_gets_an_automatic_one():
+    n = net_from('layer { name: "in" type: "Input" top: "x" top: "y" input_param { '
+                 'shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
+                 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" }')
+    n.blobs["x"].data[...] = [[1, 2, 3], [0, 0, 0]]
+    n.blobs["y"].data[...] = [2, 1]
+    n.forward()
+    want = (-np.log(np.exp(3) / np.exp([1, 2, 3]).sum()) + np.log(3)) / 2
+    assert np.isclose(n._last_loss, want, rtol=1e-5)
+    assert n.outputs == []
