@@ -2,22 +2,23 @@
 
 Geometry arguments are (height, width) pairs: ``kernel``, ``stride``, ``pad``, ``dilation``.
 
-Column layout.  ``im2col`` turns an image batch ``x`` of shape (N, C, H, W) into a matrix of
-shape (C*kh*kw, N*OH*OW):
+Column layout (channels last).  The image batch is first copied, per group, into a
+zero-bordered channels-last buffer ``padded`` (G, N, H+2ph, W+2pw, Cg); ``im2col`` then
+gathers every window with one strided copy into
 
-    col[(c, i, j), (n, oh, ow)] = x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]   (0 outside x)
+    col[g, (n, oh, ow), (i, j, c)] = x[n, g*Cg + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
 
-so a convolution of the whole batch is ONE matrix product per group (weights of shape
-(M, C*kh*kw) times ``col``), with the result laid out as (M, N, OH, OW). The long axis
-(n, oh, ow) is innermost, which keeps the copies in ``im2col``/``col2im`` reading and writing
-contiguous runs.
+(0 outside x), so a convolution of the whole batch is ONE matrix product per group,
+(Og, KH*KW*Cg) @ col^T, and the window rows copy runs of KW*Cg contiguous values.
 
 Kernel-offset loops.  ``window_offsets`` lists, for every kernel offset (i, j), the block of
 output positions whose window sample at that offset falls inside the image, as a pair of
 slices into the output and the matching strided slices into the input. Pooling forward and
-backward and ``col2im`` are written as loops over these kh*kw offsets only; each step is one
+backward are written as loops over these kh*kw offsets only; each step is one
 vectorised operation over the whole batch.
 """
+import threading
+
 import numpy as np
 
 from . import backend
@@ -94,61 +95,69 @@ def _as_strided(x, shape, strides):
     return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
 
 
-def im2col(x, col, kernel, stride, pad, dilation, padded=None):
-    """Fill ``col`` (C*kh*kw, N*OH*OW) with the windows of ``x`` (N, C, H, W).
+_local = threading.local()
 
-    With padding, ``padded`` is a scratch array of shape (N, C, H+2ph, W+2pw): x is copied into
-    its interior (its border is zeroed here), then every window is gathered by one strided copy.
-    """
-    n, c, h, w = x.shape
-    kh, kw = kernel
+
+def workspace(name):
+    """A Scratch shared by every layer of this thread, for buffers that live only inside one
+    forward or backward call (layers run one at a time, so one set serves a whole net)."""
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    if name not in bufs:
+        bufs[name] = Scratch()
+    return bufs[name]
+
+
+def to_padded_nhwc(x, padded, pad):
+    """Copy ``x`` (N, G, Cg, H, W) into ``padded`` (G, N, H+2ph, W+2pw, Cg), channels last,
+    with a zero border of ``pad`` = (ph, pw)."""
+    n, g, cg, h, w = x.shape
     ph, pw = pad
-    if ph or pw:
+    if ph:
         padded[:, :, :ph] = 0
         padded[:, :, ph + h:] = 0
+    if pw:
         padded[:, :, ph:ph + h, :pw] = 0
         padded[:, :, ph:ph + h, pw + w:] = 0
-        padded[:, :, ph:ph + h, pw:pw + w] = x
-        x = padded
-    oh = conv_output_size(h, kh, stride[0], ph, dilation[0])
-    ow = conv_output_size(w, kw, stride[1], pw, dilation[1])
-    sn, sc, sh, sw = x.strides
-    windows = _as_strided(x, (c, kh, kw, n, oh, ow),
-                          (sc, sh * dilation[0], sw * dilation[1], sn, sh * stride[0], sw * stride[1]))
-    col.reshape(c, kh, kw, n, oh, ow)[...] = windows
+    padded[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 3, 4, 2)
+    return padded
+
+
+def _windows(padded, kernel, stride, dilation, out_hw):
+    """Strided view (G, N, OH, OW, KH, KW, Cg) of every window of ``padded``."""
+    sg, sn, sh, sw, sc = padded.strides
+    g, n = padded.shape[:2]
+    return _as_strided(padded, (g, n) + tuple(out_hw) + tuple(kernel) + (padded.shape[4],),
+                       (sg, sn, sh * stride[0], sw * stride[1], sh * dilation[0],
+                        sw * dilation[1], sc))
+
+
+def im2col(padded, col, kernel, stride, dilation, out_hw):
+    """Fill ``col`` (G, N*OH*OW, KH*KW*Cg) with the windows of ``padded`` (G, N, Hp, Wp, Cg):
+
+        col[g, (n, oh, ow), (i, j, c)] = padded[g, n, oh*sh + i*dh, ow*sw + j*dw, c]
+
+    One strided copy; each window row is KH runs of KW*Cg contiguous values (stride 1)."""
+    g, n = padded.shape[:2]
+    kh, kw = kernel
+    view = col.reshape((g, n) + tuple(out_hw) + (kh, kw, padded.shape[4]))
+    view[...] = _windows(padded, kernel, stride, dilation, out_hw)
     return col
 
 
-def col2im(col, dx, kernel, stride, pad, dilation):
-    """The adjoint of ``im2col``: ``dx`` (N, C, H, W) = sum of every column entry at the pixel it
-    was taken from (entries taken from the padding are dropped). Overwrites ``dx``."""
-    n, c, h, w = dx.shape
+def col2im(col, padded, kernel, stride, dilation, out_hw):
+    """The adjoint of ``im2col``: ``padded`` (G, N, Hp, Wp, Cg) = the sum of every column
+    entry at the position it was taken from (a loop over the KH*KW kernel offsets)."""
+    g, n, hp, wp, cg = padded.shape
     kh, kw = kernel
-    oh = conv_output_size(h, kh, stride[0], pad[0], dilation[0])
-    ow = conv_output_size(w, kw, stride[1], pad[1], dilation[1])
-    cols = col.reshape(c, kh, kw, n, oh, ow)
-    dx[...] = 0
-    for k, (out_h, out_w), (in_h, in_w) in window_offsets(kernel, stride, pad, (h, w), (oh, ow),
-                                                          dilation):
-        i, j = divmod(k, kw)
-        dx[:, :, in_h, in_w] += cols[:, i, j, :, out_h, out_w].transpose(1, 0, 2, 3)
-    return dx
-
-
-def to_rows(x3, rows):
-    """(N, C, L) -> (C, N*L): channels become matrix rows (the layout the GEMMs use)."""
-    n, c, l = x3.shape
-    rows.reshape(c, n, l)[...] = x3.transpose(1, 0, 2)
-    return rows
-
-
-def from_rows(rows, y3, bias=None):
-    """(C, N*L) -> (N, C, L) written into ``y3``, adding ``bias`` (C,) per channel if given."""
-    n, c, l = y3.shape
-    src = rows.reshape(c, n, l).transpose(1, 0, 2)
-    if bias is None:
-        y3[...] = src
-    else:
-        xp = backend.get_array_module(y3)
-        xp.add(src, bias.reshape(1, c, 1), out=y3)
-    return y3
+    oh, ow = out_hw
+    cols = col.reshape(g, n, oh, ow, kh, kw, cg)
+    padded[...] = 0
+    for i in range(kh):
+        r0 = i * dilation[0]
+        rows = slice(r0, r0 + (oh - 1) * stride[0] + 1, stride[0])
+        for j in range(kw):
+            c0 = j * dilation[1]
+            padded[:, :, rows, c0:c0 + (ow - 1) * stride[1] + 1:stride[1]] += cols[:, :, :, :, i, j]
+    return padded

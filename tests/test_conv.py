@@ -77,6 +77,9 @@ CASES = {
                         "pad: 0 pad: 1 dilation: 2 dilation: 1",
                         (1, 2, 6, 7), (1, 2), (0, 1), (2, 1), 1),
     "5x5_pad2": ("num_output: 2 kernel_size: 5 pad: 2", (2, 3, 6, 6), (1, 1), (2, 2), (1, 1), 1),
+    # stride 1 but pad > d(k-1): the input gradient cannot be a flipped-kernel convolution
+    "pad_exceeds_kernel": ("num_output: 2 kernel_size: 3 pad: 3", (1, 2, 4, 5), (1, 1), (3, 3),
+                           (1, 1), 1),
 }
 
 
@@ -279,3 +282,52 @@ def test_conv_weights_given_with_the_layer_are_used_and_checked():
     np.testing.assert_allclose(top[0].data, want, rtol=1e-6)
     with pytest.raises(LayerError, match=r"'c1'.*\(2, 1, 2, 2\).*\(2, 1, 3, 3\)"):
         setup_layer(layer_param(text.replace("kernel_size: 2", "kernel_size: 3")), [x])
+
+
+# -- chunked batches (TEST phase, or columns over the keep budget) ------------------------------
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    """Columns of at most ~1 image per chunk, and never kept from forward to backward."""
+    from minicaffe.layers import conv
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "KEEP_COLS_BYTES", 0)
+
+
+@pytest.mark.parametrize("case", ["5x5_pad2", "stride2_pad1", "group2", "pad_exceeds_kernel"])
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_conv_in_chunks_matches_direct_loops_and_gradients(tiny_chunks, case, phase):
+    settings, shape, stride, pad, dilation, group = CASES[case]
+    shape = (3,) + shape[1:]
+    x = np.random.RandomState(11).standard_normal(shape)
+    text = conv_text(settings) + f" phase: {phase}"
+    layer, bottom, top = setup_layer(layer_param(text), [x])
+    assert layer.chunk == 1 and not layer.keep_cols
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, group),
+                               rtol=1e-10, atol=1e-10)
+    check_gradients(text, [x])
+
+
+def test_conv_keeps_whole_batch_columns_only_in_train_phase():
+    x = np.zeros((4, 2, 6, 6))
+    train, _, _ = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3")), [x])
+    test, _, _ = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3") +
+                                         " phase: TEST"), [x])
+    assert train.keep_cols and train.chunk == 4
+    assert not test.keep_cols
+
+
+@pytest.mark.parametrize("case", sorted(DECONV_CASES))
+def test_deconv_in_chunks(tiny_chunks, case):
+    settings, shape, stride, pad, dilation, group = DECONV_CASES[case]
+    shape = (3,) + shape[1:]
+    x = np.random.RandomState(12).standard_normal(shape)
+    text = conv_text(settings, "Deconvolution")
+    layer, bottom, top = setup_layer(layer_param(text), [x])
+    assert layer.chunk == 1
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, naive_deconv(x, w, b, stride, pad, dilation, group),
+                               rtol=1e-10, atol=1e-10)
+    check_gradients(text, [x])

@@ -11,6 +11,16 @@ from minicaffe.errors import LayerError
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
+@pytest.fixture(autouse=True, params=["compiled", "array"])
+def kernel_path(request, monkeypatch):
+    """Every test runs on both paths: numba kernels and the NumPy/CuPy array code."""
+    from minicaffe.kernels import cpu
+    if request.param == "compiled" and cpu.load("pooling") is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(cpu, "enabled", request.param == "compiled")
+    return request.param
+
+
 def pool_text(settings):
     return f'name: "p1" type: "Pooling" pooling_param {{ {settings} }}'
 
@@ -221,3 +231,31 @@ def test_single_window_larger_than_image():
 def test_bad_settings_fail_with_layer_name(settings, shape, num_top, pattern):
     with pytest.raises(LayerError, match=rf"Pooling layer 'p1'.*{pattern}"):
         setup_layer(layer_param(pool_text(settings)), [np.zeros(shape)], num_top=num_top)
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+def test_float32_batch_matches_caffe_loops(method):
+    """The network's shapes and dtype (3x3 stride 2, ceil), both directions."""
+    x = np.random.RandomState(6).standard_normal((3, 4, 11, 10)).astype(np.float32)
+    text = pool_text(f"pool: {method} kernel_size: 3 stride: 2")
+    layer, bottom, top = setup_layer(layer_param(text), [x])
+    layer.forward(bottom, top)
+    want, mask = naive_pool(x.astype(np.float64), method, (3, 3), (2, 2), (0, 0))
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-6, atol=1e-6)
+    dy = np.random.RandomState(7).standard_normal(want.shape).astype(np.float32)
+    top[0].diff[...] = dy
+    layer.backward(top, [True], bottom)
+    dx = np.zeros(x.shape)
+    n, c, ph_n, pw_n = want.shape
+    for a in range(n):
+        for b in range(c):
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    if method == "MAX":
+                        idx = int(mask[a, b, ph, pw])
+                        dx[a, b, idx // 10, idx % 10] += dy[a, b, ph, pw]
+                    else:
+                        h0, w0 = 2 * ph, 2 * pw
+                        h1, w1 = min(h0 + 3, 11), min(w0 + 3, 10)
+                        dx[a, b, h0:h1, w0:w1] += dy[a, b, ph, pw] / ((h1 - h0) * (w1 - w0))
+    np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-5, atol=1e-6)

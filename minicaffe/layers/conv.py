@@ -3,17 +3,32 @@
 In "convolution sense" an image ``a`` (N, Ci, Hi, Wi) and a response ``r`` (N, Co, Ho, Wo)
 are related through the weights W (Co, Ci/G, kh, kw), group by group:
 
-    r[g] = W[g] @ im2col(a)[g]                      (one GEMM over the whole batch per group)
-    dW[g] += dr[g] @ im2col(a)[g]^T
-    da = col2im(W[g]^T @ dr[g])
+    r[g] = W[g] @ col(a)[g]^T                  (one GEMM over the whole batch per group)
+    dW[g] += r'[g] @ col(a)[g]                 (r' the response gradient)
+    da = a convolution of r' with W flipped in space and transposed (stride 1), or
+         col2im(W[g]^T @ r'[g]) (strided)
 
 Convolution: a = bottom, r = top.   Deconvolution: a = top, r = bottom (the same weights
-used the other way round, as in Caffe). The matrices use the layout of ``minicaffe.im2col``:
-columns (Ci*kh*kw, N*Lo) and responses as rows (Co, N*Lo).
+used the other way round, as in Caffe). Columns are channels-last rows (``minicaffe.im2col``):
+col (G, N*Ho*Wo, kh*kw*Ci/G), and W is used as (G, Co/G, kh*kw*Ci/G), so responses come out
+as rows (G, Co/G, N*Ho*Wo) that are copied into (N, Co, Ho, Wo) in runs of Ho*Wo values.
+
+At stride 1 the image gradient never needs col2im (a loop of scattered additions): with
+W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j] it is the convolution of the response gradient,
+padded by d(k-1) - p, with W' -- one more im2col and GEMM of the same shape as forward.
+
+Memory: the columns are the big buffer (kh*kw times the image). A TRAIN-phase layer keeps its
+own whole-batch columns from forward to backward (for dW) when they take at most
+``KEEP_COLS_BYTES``; otherwise (and always in TEST phase) the batch is processed in chunks
+of at most ``CHUNK_BYTES`` of columns through buffers shared by all layers of the thread.
 """
 from .. import im2col as cols
+from ..proto import caffe_pb2
 from ..errors import ShapeError
 from ..layer import Layer, register
+
+KEEP_COLS_BYTES = 32 << 20
+CHUNK_BYTES = 32 << 20
 
 
 def init_param_blobs(layer, specs):
@@ -99,10 +114,10 @@ class _ConvolutionBase(Layer):
         if self.bias_term:
             specs.append(((self.num_output,), p.bias_filler))
         init_param_blobs(self, specs)
-        self._col = cols.Scratch()       # im2col columns (conv_in*kh*kw, N*Lo)
-        self._rows = cols.Scratch()      # responses as rows (conv_out, N*Lo)
-        self._padded = cols.Scratch()    # zero-bordered copy of the image for im2col
-        self._cached = None              # which bottom index the columns/rows buffer holds
+        self._own_col = cols.Scratch()   # whole-batch columns kept from forward for dW
+        self._wk = cols.Scratch()        # W as (G, Co/G, kh*kw*Ci/G)
+        self._wf = cols.Scratch()        # W flipped and transposed: (G, Ci/G, kh*kw*Co/G)
+        self._cached = None              # which bottom's columns self._own_col holds
 
     def reshape(self, bottom, top):
         first = bottom[0]
@@ -129,66 +144,138 @@ class _ConvolutionBase(Layer):
         for t in top:
             t.reshape(top_shape)
         # The image/response pair in convolution sense.
-        img_hw, res_hw = (self.out_hw, self.in_hw) if self.reverse else (self.in_hw, self.out_hw)
-        self.img_shape = (self.num, self.conv_in) + img_hw
-        self.res_shape = (self.num, self.conv_out, res_hw[0] * res_hw[1])
-        lo = self.num * res_hw[0] * res_hw[1]
-        xp, dtype = first.xp, first.dtype
-        self.col = self._col.get(xp, (self.conv_in * self.kernel[0] * self.kernel[1], lo), dtype)
-        self.rows = self._rows.get(xp, (self.conv_out, lo), dtype)
-        self.padded = None
-        if self.pad != (0, 0):
-            self.padded = self._padded.get(xp, (self.num, self.conv_in, img_hw[0] + 2 * self.pad[0],
-                                                img_hw[1] + 2 * self.pad[1]), dtype)
+        self.img_hw, self.res_hw = (self.out_hw, self.in_hw) if self.reverse else \
+            (self.in_hw, self.out_hw)
+        g = self.group
+        self.cg_in, self.cg_out = self.conv_in // g, self.conv_out // g
+        kk = self.kernel[0] * self.kernel[1]
+        img_len = self.img_hw[0] * self.img_hw[1]
+        res_len = self.res_hw[0] * self.res_hw[1]
+        # The image gradient as a stride-1 convolution with the flipped kernel needs a
+        # non-negative padding d(k-1) - p of the response.
+        self.flip_pad = tuple(self.dilation[d] * (self.kernel[d] - 1) - self.pad[d]
+                              for d in range(2))
+        self.flipped = self.stride == (1, 1) and min(self.flip_pad) >= 0
+        per_image = res_len * kk * self.conv_in
+        if self.flipped:
+            per_image = max(per_image, img_len * kk * self.conv_out)
+        per_image *= first.dtype.itemsize
+        whole = self.num * per_image <= KEEP_COLS_BYTES
+        self.keep_cols = whole and self.phase == caffe_pb2.TRAIN
+        self.chunk = self.num if self.keep_cols else \
+            max(1, min(self.num, CHUNK_BYTES // max(per_image, 1)))
         self._cached = None
 
-    # -- the three GEMM steps, per group ------------------------------------------------------
-    def _weights(self):
-        w = self.blobs[0]
-        return w.xdata.reshape(self.group, self.conv_out // self.group, -1)
+    # -- building blocks, on a chunk of n images ----------------------------------------------
+    def _weights_rows(self, xp):
+        """W as (G, Co/G, kh*kw*Ci/G), rows in the (i, j, c) order of the columns."""
+        w = self.blobs[0].xdata
+        g, kh, kw = self.group, self.kernel[0], self.kernel[1]
+        wk = self._wk.get(xp, (g, self.cg_out, kh, kw, self.cg_in), w.dtype)
+        wk[...] = w.reshape(g, self.cg_out, self.cg_in, kh, kw).transpose(0, 1, 3, 4, 2)
+        return wk.reshape(g, self.cg_out, -1)
 
-    def _im2col(self, image):
-        return cols.im2col(image.reshape(self.img_shape), self.col, self.kernel, self.stride,
-                           self.pad, self.dilation, self.padded)
+    def _weights_flipped(self, xp):
+        """W' as (G, Ci/G, kh*kw*Co/G): W'[c, (i, j, o)] = W[o, c, kh-1-i, kw-1-j]."""
+        w = self.blobs[0].xdata
+        g, kh, kw = self.group, self.kernel[0], self.kernel[1]
+        wf = self._wf.get(xp, (g, self.cg_in, kh, kw, self.cg_out), w.dtype)
+        wf[...] = w.reshape(g, self.cg_out, self.cg_in, kh, kw)[:, :, :, ::-1, ::-1] \
+            .transpose(0, 2, 3, 4, 1)
+        return wf.reshape(g, self.cg_in, -1)
 
-    def _col2im(self, image):
-        cols.col2im(self.col, image.reshape(self.img_shape), self.kernel, self.stride, self.pad,
-                    self.dilation)
+    def _col_buffer(self, xp, n, length, channels, dtype, own):
+        shape = (self.group, n * length, self.kernel[0] * self.kernel[1] * channels)
+        return (self._own_col if own else cols.workspace("col")).get(xp, shape, dtype)
 
-    def _response_rows(self):
-        """rows[g] = W[g] @ col[g]."""
+    def _columns(self, image, own=False):
+        """im2col of ``image`` (n, Ci, Hi, Wi): (G, n*Ho*Wo, kh*kw*Ci/G)."""
         xp = self.xp_of(self.blobs[0])
-        w = self._weights()
-        col = self.col.reshape(self.group, -1, self.col.shape[1])
-        rows = self.rows.reshape(self.group, -1, self.rows.shape[1])
-        for g in range(self.group):
-            xp.matmul(w[g], col[g], out=rows[g])
+        n = image.shape[0]
+        g, (h, w), (ph, pw) = self.group, self.img_hw, self.pad
+        padded = cols.workspace("padded").get(xp, (g, n, h + 2 * ph, w + 2 * pw, self.cg_in),
+                                              image.dtype)
+        cols.to_padded_nhwc(image.reshape(n, g, self.cg_in, h, w), padded, self.pad)
+        col = self._col_buffer(xp, n, self.res_hw[0] * self.res_hw[1], self.cg_in, image.dtype,
+                               own)
+        return cols.im2col(padded, col, self.kernel, self.stride, self.dilation, self.res_hw)
 
-    def _columns_from_rows(self):
-        """col[g] = W[g]^T @ rows[g]."""
+    def _response(self, col, res, bias=None):
+        """res (n, Co, Ho, Wo) = W @ col^T (+ bias)."""
         xp = self.xp_of(self.blobs[0])
-        w = self._weights()
-        col = self.col.reshape(self.group, -1, self.col.shape[1])
-        rows = self.rows.reshape(self.group, -1, self.rows.shape[1])
-        for g in range(self.group):
-            xp.matmul(w[g].T, rows[g], out=col[g])
+        n, g = res.shape[0], self.group
+        length = self.res_hw[0] * self.res_hw[1]
+        rows = cols.workspace("rows").get(xp, (g, self.cg_out, n * length), res.dtype)
+        xp.matmul(self._weights_rows(xp), col.transpose(0, 2, 1), out=rows)
+        src = rows.reshape(g, self.cg_out, n, length).transpose(2, 0, 1, 3)
+        dst = res.reshape(n, g, self.cg_out, length)
+        if bias is None:
+            dst[...] = src
+        else:
+            xp.add(src, bias.reshape(1, g, self.cg_out, 1), out=dst)
 
-    def _accumulate_weight_diff(self):
-        """dW[g] += rows[g] @ col[g]^T."""
+    def _response_rows(self, res):
+        """The response (gradient) (n, Co, Ho, Wo) as rows (G, Co/G, n*Ho*Wo)."""
         xp = self.xp_of(self.blobs[0])
-        dw = self.blobs[0].xdiff.reshape(self.group, self.conv_out // self.group, -1)
-        col = self.col.reshape(self.group, -1, self.col.shape[1])
-        rows = self.rows.reshape(self.group, -1, self.rows.shape[1])
-        for g in range(self.group):
-            dw[g] += xp.matmul(rows[g], col[g].T)
+        n, g = res.shape[0], self.group
+        length = self.res_hw[0] * self.res_hw[1]
+        rows = cols.workspace("rows").get(xp, (g, self.cg_out, n, length), res.dtype)
+        rows[...] = res.reshape(n, g, self.cg_out, length).transpose(1, 2, 0, 3)
+        return rows.reshape(g, self.cg_out, n * length)
+
+    def _accumulate_weight_diff(self, col, res_rows):
+        """dW += res_rows @ col, back in W's (Co, Ci/G, kh, kw) order."""
+        xp = self.xp_of(self.blobs[0])
+        g, kh, kw = self.group, self.kernel[0], self.kernel[1]
+        dwk = xp.matmul(res_rows, col)
+        dw = self.blobs[0].xdiff.reshape(g, self.cg_out, self.cg_in, kh, kw)
+        dw += dwk.reshape(g, self.cg_out, kh, kw, self.cg_in).transpose(0, 1, 4, 2, 3)
+
+    def _image_from_response(self, res, img):
+        """img (n, Ci, Hi, Wi) = the transpose of the convolution applied to res."""
+        xp = self.xp_of(self.blobs[0])
+        n, g = res.shape[0], self.group
+        (h, w), (oh, ow) = self.img_hw, self.res_hw
+        kh, kw = self.kernel
+        if self.flipped:
+            fh, fw = self.flip_pad
+            padded = cols.workspace("padded").get(
+                xp, (g, n, oh + 2 * fh, ow + 2 * fw, self.cg_out), res.dtype)
+            cols.to_padded_nhwc(res.reshape(n, g, self.cg_out, oh, ow), padded, self.flip_pad)
+            col = self._col_buffer(xp, n, h * w, self.cg_out, res.dtype,
+                                   own=self.keep_cols)
+            cols.im2col(padded, col, self.kernel, (1, 1), self.dilation, (h, w))
+            self._cached = None
+            rows = cols.workspace("img_rows").get(xp, (g, self.cg_in, n * h * w), res.dtype)
+            xp.matmul(self._weights_flipped(xp), col.transpose(0, 2, 1), out=rows)
+            img.reshape(n, g, self.cg_in, h * w)[...] = \
+                rows.reshape(g, self.cg_in, n, h * w).transpose(2, 0, 1, 3)
+            return
+        # Strided: columns W^T @ res, then summed back to the pixels they came from.
+        col = self._col_buffer(xp, n, oh * ow, self.cg_in, res.dtype, own=self.keep_cols)
+        self._cached = None
+        xp.matmul(self._response_rows(res).transpose(0, 2, 1), self._weights_rows(xp), out=col)
+        ph, pw = self.pad
+        padded = cols.workspace("padded").get(xp, (g, n, h + 2 * ph, w + 2 * pw, self.cg_in),
+                                              res.dtype)
+        cols.col2im(col, padded, self.kernel, self.stride, self.dilation, self.res_hw)
+        img.reshape(n, g, self.cg_in, h, w)[...] = \
+            padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 4, 2, 3)
+
+    def _chunks(self):
+        for a in range(0, self.num, self.chunk):
+            yield slice(a, min(self.num, a + self.chunk))
+
+    def _batch(self, arr, shape_hw, channels):
+        return arr.reshape((self.num, channels) + tuple(shape_hw))
 
     def _bias(self):
         return self.blobs[1].xdata if self.bias_term else None
 
-    def _accumulate_bias_diff(self, diff3):
-        """db += the top diff (N, num_output, L) summed over batch and space."""
+    def _accumulate_bias_diff(self, diff):
+        """db += the top diff summed over batch and space."""
         if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].xdiff[...] += diff3.sum(axis=(0, 2))
+            self.blobs[1].xdiff[...] += diff.reshape(self.num, self.num_output, -1).sum(axis=(0, 2))
 
 
 @register("Convolution")
@@ -201,27 +288,34 @@ class ConvolutionLayer(_ConvolutionBase):
 
     def forward(self, bottom, top):
         for i, (b, t) in enumerate(zip(bottom, top)):
-            self._im2col(b.xdata)
-            self._response_rows()
-            cols.from_rows(self.rows, t.xdata.reshape(self.res_shape), self._bias())
-            self._cached = i
+            x = self._batch(b.xdata, self.img_hw, self.conv_in)
+            y = self._batch(t.xdata, self.res_hw, self.conv_out)
+            for s in self._chunks():
+                self._response(self._columns(x[s], own=self.keep_cols), y[s], self._bias())
+            self._cached = i if self.keep_cols else None
 
     def backward(self, top, propagate_down, bottom):
         want_w = self.param_propagate_down[0]
         # Last pair first: its columns are still in the buffer from forward.
         for i in reversed(range(len(top))):
-            diff3 = top[i].xdiff.reshape(self.res_shape)
-            self._accumulate_bias_diff(diff3)
+            self._accumulate_bias_diff(top[i].xdiff)
             if not (want_w or propagate_down[i]):
                 continue
-            cols.to_rows(diff3, self.rows)
-            if want_w:
-                if self._cached != i:
-                    self._im2col(bottom[i].xdata)
-                self._accumulate_weight_diff()
-            if propagate_down[i]:
-                self._columns_from_rows()
-                self._col2im(bottom[i].xdiff)
+            x = self._batch(bottom[i].xdata, self.img_hw, self.conv_in)
+            dy = self._batch(top[i].xdiff, self.res_hw, self.conv_out)
+            dx = self._batch(bottom[i].xdiff, self.img_hw, self.conv_in) \
+                if propagate_down[i] else None
+            for s in self._chunks():
+                if want_w:
+                    if self._cached == i:    # kept from forward (whole batch)
+                        col = self._col_buffer(self.xp_of(self.blobs[0]), self.num,
+                                               self.res_hw[0] * self.res_hw[1], self.cg_in,
+                                               dy.dtype, own=True)
+                    else:
+                        col = self._columns(x[s], own=self.keep_cols)
+                    self._accumulate_weight_diff(col, self._response_rows(dy[s]))
+                if dx is not None:
+                    self._image_from_response(dy[s], dx[s])
             self._cached = None
 
 
@@ -236,28 +330,27 @@ class DeconvolutionLayer(_ConvolutionBase):
                                        self.dilation[d])
 
     def forward(self, bottom, top):
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            cols.to_rows(b.xdata.reshape(self.res_shape), self.rows)
-            self._columns_from_rows()
-            self._col2im(t.xdata)
+        for b, t in zip(bottom, top):
+            x = self._batch(b.xdata, self.res_hw, self.conv_out)
+            y = self._batch(t.xdata, self.img_hw, self.conv_in)
+            for s in self._chunks():
+                self._image_from_response(x[s], y[s])
             if self.bias_term:
                 t3 = t.xdata.reshape(self.num, self.num_output, -1)
                 t3 += self.blobs[1].xdata.reshape(1, -1, 1)
-            self._cached = i
 
     def backward(self, top, propagate_down, bottom):
         want_w = self.param_propagate_down[0]
         for i in reversed(range(len(top))):
-            diff = top[i].xdiff
-            self._accumulate_bias_diff(diff.reshape(self.num, self.num_output, -1))
+            self._accumulate_bias_diff(top[i].xdiff)
             if not (want_w or propagate_down[i]):
                 continue
-            self._im2col(diff)
-            if want_w:
-                if self._cached != i:
-                    cols.to_rows(bottom[i].xdata.reshape(self.res_shape), self.rows)
-                self._accumulate_weight_diff()
-            if propagate_down[i]:
-                self._response_rows()
-                cols.from_rows(self.rows, bottom[i].xdiff.reshape(self.res_shape))
-            self._cached = None
+            dy = self._batch(top[i].xdiff, self.img_hw, self.conv_in)
+            x = self._batch(bottom[i].xdata, self.res_hw, self.conv_out)
+            dx = self._batch(bottom[i].xdiff, self.res_hw, self.conv_out)
+            for s in self._chunks():
+                col = self._columns(dy[s], own=self.keep_cols)
+                if want_w:
+                    self._accumulate_weight_diff(col, self._response_rows(x[s]))
+                if propagate_down[i]:
+                    self._response(col, dx[s])

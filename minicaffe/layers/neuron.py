@@ -86,10 +86,12 @@ class ReLULayer(NeuronLayer):
         x = bottom[0].xdata
         dy, dx = top[0].xdiff, bottom[0].xdiff
         ns = self.negative_slope
+        if ns == 0:
+            xp.multiply(dy, x > 0, out=dx)     # dx may be dy (in place): elementwise
+            return
         factor = (x > 0).astype(x.dtype)
-        if ns != 0:
-            factor *= 1.0 - ns
-            factor += ns
+        factor *= 1.0 - ns
+        factor += ns
         xp.multiply(dy, factor, out=dx)
 
 

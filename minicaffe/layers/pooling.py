@@ -11,11 +11,14 @@ Both directions loop over the kh*kw kernel offsets only (see ``im2col.window_off
 each offset one strided slice of the input meets the block of outputs whose window samples it.
 MAX forward only takes running maxima (one ``fmax`` per offset); the winning pixels are found
 again from the bottom and a kept copy of the output when backward (or the mask top) needs them,
-scanning the offsets in order so that ties go to the first pixel.
+scanning the offsets in order so that ties go to the first pixel. On NumPy arrays with numba
+available, MAX backward -- a scattered sum, NumPy's slowest step here -- is one compiled loop
+instead (``minicaffe.kernels.cpu_pooling``, same winners).
 """
 import numpy as np
 
 from .. import im2col as win
+from ..kernels import cpu as cpu_kernels
 from ..backend import get_array_module
 from ..errors import ShapeError
 from ..layer import Layer, register
@@ -99,6 +102,8 @@ class PoolingLayer(Layer):
                 self.fail("cannot run in place")
             t.reshape(out_shape)
         xp, dtype = x.xp, x.dtype
+        # MAX backward's scattered sum: a compiled loop when available (NumPy arrays).
+        self.fast = cpu_kernels.get("pooling", xp) if self.method == P.MAX else None
         # One window covering the whole image: plain reductions instead of offset loops.
         self.whole = self.out_hw == (1, 1) and self.pad == (0, 0)
         self.tmp = self._tmp.get(xp, out_shape, dtype)
@@ -138,6 +143,11 @@ class PoolingLayer(Layer):
             self._forward_max(x, y, top[1].xdata if len(top) > 1 else None)
         else:
             self._forward_ave(x, y)
+
+    @staticmethod
+    def _planes(a):
+        n, c, h, w = a.shape
+        return a.reshape(n * c, h, w)
 
     def _forward_max(self, x, y, mask):
         xp = get_array_module(x)
@@ -184,6 +194,11 @@ class PoolingLayer(Layer):
         if not propagate_down[0]:
             return
         dy, dx = top[0].xdiff, bottom[0].xdiff
+        if self.fast is not None and not self.whole:
+            self.fast.max_backward(self._planes(bottom[0].xdata), self._planes(self.best),
+                                   self._planes(dy), self._planes(dx),
+                                   *(self.kernel + self.stride + self.pad))
+            return
         xp = get_array_module(dx)
         n, c = dx.shape[:2]
         if self.method == P.MAX:
