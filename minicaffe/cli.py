@@ -206,7 +206,7 @@ class _Progress:
     def __call__(self, solver):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix_str(f"loss={solver.smoothed_loss:.4g}", refresh=False)
+            self.bar.set_postfix_str(f"loss={solver.last_smoothed_loss:.4g}", refresh=False)
 
     def close(self):
         if self.bar is not None:
@@ -371,21 +371,34 @@ def cmd_device_query(args, parser, handler):
         log.info("CuPy: not available (GPU mode unusable; pip install minicaffe[gpu])")
         return 0
     count = cp.cuda.runtime.getDeviceCount()
-    log.info("CuPy %s, CUDA runtime %d, %d device(s)", cp.__version__,
-             cp.cuda.runtime.runtimeGetVersion(), count)
+    try:
+        driver = cp.cuda.runtime.driverGetVersion()
+    except Exception:  # pragma: no cover - very old CuPy
+        driver = 0
+    log.info("CuPy %s, CUDA runtime %d, driver %d, %d device(s)", cp.__version__,
+             cp.cuda.runtime.runtimeGetVersion(), driver, count)
     ids = range(count) if not args.gpu or args.gpu == "all" else _gpu_ids(args.gpu)
     for d in ids:
         if not 0 <= d < count:
             raise MiniCaffeError(f"GPU {d} does not exist ({count} device(s) found)")
         prop = cp.cuda.runtime.getDeviceProperties(d)
         name = prop["name"].decode() if isinstance(prop["name"], bytes) else prop["name"]
+        total = int(prop["totalGlobalMem"])
+        try:
+            with cp.cuda.Device(d):
+                free = int(cp.cuda.runtime.memGetInfo()[0])
+        except Exception:  # pragma: no cover
+            free = -1
         log.info("Device id:                     %d", d)
         log.info("Name:                          %s", name)
+        log.info("Compute capability:            %d.%d", prop["major"], prop["minor"])
         log.info("Major revision number:         %d", prop["major"])
         log.info("Minor revision number:         %d", prop["minor"])
-        log.info("Total global memory:           %d", prop["totalGlobalMem"])
+        log.info("Total global memory:           %d (%.1f GiB)", total, total / 2 ** 30)
+        if free >= 0:
+            log.info("Free global memory:            %d (%.1f GiB)", free, free / 2 ** 30)
         log.info("Number of multiprocessors:     %d", prop["multiProcessorCount"])
-        log.info("Clock rate:                    %d", prop["clockRate"])
+        log.info("Clock rate:                    %d", prop.get("clockRate", 0))
     return 0
 
 

@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from . import backend
+from . import backend, kernels
 
 FLT_MAX = float(np.finfo(np.float32).max)   # Caffe's initial value for max pooling
 
@@ -139,6 +139,9 @@ def im2col(padded, col, kernel, stride, dilation, out_hw):
         col[g, (n, oh, ow), (i, j, c)] = padded[g, n, oh*sh + i*dh, ow*sw + j*dw, c]
 
     One strided copy; each window row is KH runs of KW*Cg contiguous values (stride 1)."""
+    fast = kernels.get("im2col", backend.get_array_module(col))
+    if fast is not None:
+        return fast.im2col(padded, col, kernel, stride, dilation, out_hw)
     g, n = padded.shape[:2]
     kh, kw = kernel
     view = col.reshape((g, n) + tuple(out_hw) + (kh, kw, padded.shape[4]))
@@ -149,6 +152,9 @@ def im2col(padded, col, kernel, stride, dilation, out_hw):
 def col2im(col, padded, kernel, stride, dilation, out_hw):
     """The adjoint of ``im2col``: ``padded`` (G, N, Hp, Wp, Cg) = the sum of every column
     entry at the position it was taken from (a loop over the KH*KW kernel offsets)."""
+    fast = kernels.get("im2col", backend.get_array_module(col))
+    if fast is not None:
+        return fast.col2im(col, padded, kernel, stride, dilation, out_hw)
     g, n, hp, wp, cg = padded.shape
     kh, kw = kernel
     oh, ow = out_hw

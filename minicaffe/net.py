@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import backend
-from .blob import Blob
+from .blob import Blob, move_blobs
 from .errors import LayerError, MiniCaffeError, ShapeError
 from .io.prototxt import read_prototxt
 from .io.protobinary import read_binary, write_binary
@@ -243,7 +243,6 @@ class Net:
                     self.blobs[tname] = blob
                     tops.append(blob)
                     tids.append(tname)
-                    available[tname] = True
             try:
                 layer.setup(bottoms, tops)
             except MiniCaffeError:
@@ -277,6 +276,7 @@ class Net:
             self._layer_need_backward.append(need_backward)
 
         self._prune_backward(param)
+        self._xp = backend.xp()
         self._outputs = list(available)
         self.blob_names = list(self.blobs)
         self.layer_by_name = {n: l for n, l in zip(self._layer_names, self.layers)}
@@ -379,13 +379,42 @@ class Net:
             raise KeyError(f"no layer named '{name}'")
         return self._layer_names.index(name)
 
+    # -- device placement ----------------------------------------------------------------------
+    def _all_blobs(self):
+        out = list(self.blobs.values())
+        for layer in self.layers:
+            out.extend(layer.blobs)
+        return out
+
+    def to_module(self, xp):
+        """Move every blob (activations and parameters) to array module ``xp`` (NumPy or
+        CuPy), keeping values and shared buffers. Layers rebuild their scratch buffers at
+        the next reshape."""
+        move_blobs(self._all_blobs(), xp)
+        self._xp = xp
+
+    def _follow_mode(self):
+        """A net built in one mode and run in another (caffe.set_mode_gpu() after building it)
+        moves its blobs first, as Caffe's SyncedMemory would on first use."""
+        xp = backend.xp()
+        if xp is not self._xp:
+            self.to_module(xp)
+
     def reshape(self):
+        self._follow_mode()
         for li, layer in enumerate(self.layers):
             layer.reshape(self._bottom_vecs[li], self._top_vecs[li])
 
     def forward_from_to(self, start=0, end=None):
+        """Run layers ``start`` to ``end``; returns the weighted loss.
+
+        On the CPU the loss is a Python float. In GPU mode it is a 0-d float64 device array,
+        so that no iteration waits for the device: ``float()`` it when the value is needed
+        (the solver does so once per display interval)."""
+        self._follow_mode()
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        device_loss = None
         for li in range(start, end + 1):
             layer = self.layers[li]
             bottom, top = self._bottom_vecs[li], self._top_vecs[li]
@@ -393,10 +422,18 @@ class Net:
             layer.forward(bottom, top)
             for ti, w in enumerate(layer.loss_weights):
                 if w:
-                    loss += float((top[ti].xdata * w).sum())
+                    t = top[ti].xdata
+                    if type(t) is np.ndarray:
+                        loss += float((t * w).sum())
+                    else:
+                        term = t.sum(dtype=np.float64) * w
+                        device_loss = term if device_loss is None else device_loss + term
+        if device_loss is not None:
+            return device_loss + loss if loss else device_loss
         return loss
 
     def backward_from_to(self, start=None, end=0):
+        self._follow_mode()
         start = len(self.layers) - 1 if start is None else start
         for li in range(start, end - 1, -1):
             if self._layer_need_backward[li]:
@@ -409,11 +446,12 @@ class Net:
             if name not in self.blobs:
                 raise KeyError(f"no blob named '{name}' in the net")
             blob = self.blobs[name]
-            value = np.asarray(value) if blob.xp is np else value
+            if not backend.is_device_array(value):
+                value = np.asarray(value)
             if tuple(value.shape) != tuple(blob.shape):
                 raise ShapeError(f"input '{name}': given shape {tuple(value.shape)}, blob "
                                  f"shape {tuple(blob.shape)} (reshape the blob first)")
-            blob.data[...] = value
+            blob.data = value
         s = self._index(start, 0)
         e = self._index(end, len(self.layers) - 1)
         self._last_loss = self.forward_from_to(s, e)
@@ -424,7 +462,7 @@ class Net:
         for name, value in kwargs.items():
             if name not in self.blobs:
                 raise KeyError(f"no blob named '{name}' in the net")
-            self.blobs[name].diff[...] = value
+            self.blobs[name].diff = value
         s = self._index(start, len(self.layers) - 1)
         e = self._index(end, 0)
         self.backward_from_to(s, e)

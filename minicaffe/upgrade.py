@@ -2,8 +2,8 @@
 
 In Caffe's order: V0 layers → V1 layers (upgrade_v1.upgrade_v0_net), V1 ``layers`` → ``layer``
 (with the old data-transform fields moved to transform_param), the net-level
-``input``/``input_shape``/``input_dim`` fields → an Input layer, and BatchNorm layers that
-declare three param specs (the old way of freezing their statistics) → lr_mult/decay_mult 0.
+``input``/``input_shape``/``input_dim`` fields → an Input layer. Unlike Caffe, BatchNorm
+layers with three learned param specs are not silently frozen: the layer rejects them.
 """
 import logging
 
@@ -55,21 +55,6 @@ def upgrade_net_input(param):
     return True
 
 
-def upgrade_batch_norm(param):
-    """Caffe's UpgradeNetBatchNorm: a BatchNorm layer with exactly three param specs (old
-    prototxts froze the statistics that way, some with lr_mult 1) gets lr_mult and decay_mult
-    0 on all three; other ParamSpec fields stay."""
-    changed = False
-    for lp in param.layer:
-        if lp.type == "BatchNorm" and len(lp.param) == 3:
-            for spec in lp.param:
-                if spec.lr_mult != 0 or spec.decay_mult != 0:
-                    changed = True
-                spec.lr_mult = 0.0
-                spec.decay_mult = 0.0
-    return changed
-
-
 def upgrade_net(param, source="<net>"):
     """Upgrade ``param`` in place; returns it."""
     from . import upgrade_v1
@@ -80,7 +65,7 @@ def upgrade_net(param, source="<net>"):
         upgrade_v1.upgrade_v1_net(param)
         log.info("%s: upgraded V1 'layers' to 'layer'", source)
     upgrade_net_input(param)
-    if upgrade_batch_norm(param):
-        log.info("%s: BatchNorm statistics given as three param specs set to lr_mult 0 "
-                 "(Caffe's BatchNorm upgrade)", source)
+    # Caffe's UpgradeNetBatchNorm silently zeroes lr_mult on BatchNorm layers with three
+    # param specs; minicaffe rejects a learned statistic instead (the layer names it), so a
+    # solver can never be told to train the running averages.
     return param

@@ -3,8 +3,8 @@
 Every net here is a small one written for the test. Covered: V0 nets (``layers { layer {
 type: "conv" kernelsize: 3 } }``, Caffe before mid-2014) with their "padding" layers folded
 into the next conv/pool, V0 fields routed to the typed parameter messages, V0 weights files;
-net inputs given without dims (old .caffemodel files); and the BatchNorm upgrade (three param
-specs → lr_mult 0), all as Caffe's upgrade_proto does.
+net inputs given without dims (old .caffemodel files), all as Caffe's upgrade_proto does; and
+BatchNorm with three learned param specs, which minicaffe rejects where Caffe froze them.
 """
 import logging
 
@@ -270,19 +270,17 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "x" top: "loss" }
 '''
 
 
-def test_batchnorm_with_three_param_specs_is_upgraded_to_frozen_statistics():
-    param = upgrade_net(parse_text(BN_NET, caffe_pb2.NetParameter()))
-    specs = _by_name(param)["bn"].param
-    assert [(s.lr_mult, s.decay_mult) for s in specs] == [(0, 0)] * 3
-    assert specs[2].name == "keep_me"                      # other ParamSpec fields stay
-    net = caffe.Net(parse_text(BN_NET, caffe_pb2.NetParameter()), caffe.TRAIN)
+def test_batchnorm_with_three_learned_param_specs_is_rejected_not_silently_frozen():
+    with pytest.raises(MiniCaffeError, match=r"'bn'.*lr_mult"):
+        caffe.Net(parse_text(BN_NET, caffe_pb2.NetParameter()), caffe.TRAIN)
+    frozen = BN_NET.replace("lr_mult: 1 decay_mult: 1", "lr_mult: 0")
+    net = caffe.Net(parse_text(frozen, caffe_pb2.NetParameter()), caffe.TRAIN)
     assert net.layer_by_name["bn"].param_propagate_down == [False, False, False]
     x = np.random.RandomState(0).standard_normal((4, 2, 3)).astype(np.float32)
     net.blobs["x"].data[...] = x
     net.forward()
-    mean = x.mean(axis=(0, 2))
-    np.testing.assert_allclose(net.layer_by_name["bn"].blobs[0].data, mean, rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(net.layer_by_name["bn"].blobs[0].data, x.mean(axis=(0, 2)),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_batchnorm_with_one_learned_param_spec_still_fails_as_in_caffe():

@@ -3,10 +3,17 @@ Accuracy, with BVLC Caffe's parameters, normalisation rules and checks.
 
 A loss layer's top 0 is a 0-axis blob (count 1). The net stores the loss weight in its diff,
 so backward scales every gradient by ``top[0].xdiff`` (Caffe's convention).
+
+In GPU mode nothing here waits for the device: SoftmaxWithLoss runs the fused kernels of
+``minicaffe.kernels.cuda.softmax_loss`` (its normaliser stays a device scalar when it counts
+valid labels), and Accuracy keeps its counts on the device. Labels are checked on the host
+at the first forward only; later out-of-range labels give a NaN loss (and count as wrong
+for Accuracy) instead of an error.
 """
 import numpy as np
 
 from .. import backend
+from ..kernels import cuda as _cuda
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 
@@ -71,6 +78,8 @@ class LossLayer(Layer):
     is_loss = True
     exact_num_bottom = 2
     exact_num_top = 1
+    # Old nets often give a loss layer no top; Caffe then makes one (not a net output).
+    auto_top_blobs = True
 
     def layer_setup(self, bottom, top):
         lp = self.layer_param.loss_param
@@ -161,6 +170,9 @@ class SoftmaxWithLossLayer(LossLayer):
         super().layer_setup(bottom, top)
         self._prob = None
         self._index_cache = None
+        self._check_labels = True      # device path: check the labels on the host once
+        self._terms = None
+        self._last_fused = False
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
@@ -180,11 +192,39 @@ class SoftmaxWithLossLayer(LossLayer):
             self._index_cache = (key, xp.arange(outer)[:, None], xp.arange(inner)[None, :])
         return self._index_cache[1], self._index_cache[2]
 
+    def _fused(self, bottom, top):
+        return backend.fused_kernels(bottom[0].xp) and \
+            _cuda.supported(bottom[0].xdata, bottom[1].xdata, self._prob_array(top))
+
+    def _forward_fused(self, bottom, top):
+        xp = bottom[0].xp
+        outer, c, inner = self.dims
+        if self._check_labels:
+            _labels(self, xp, bottom[1], outer, inner, c)     # one host check, at the start
+            self._check_labels = False
+        x = bottom[0].xdata
+        terms = self._terms = _buffer(self._terms, bottom[0], (2, outer * inner))
+        ignore = self.ignore_label if self.has_ignore_label else None
+        _cuda.softmax_loss.forward(x, bottom[1].xdata, self._prob_array(top), terms[0],
+                                   terms[1], outer, c, inner, ignore)
+        if self.has_ignore_label and self.normalization == LP.VALID:
+            norm = xp.maximum(terms[1].sum(), 1)              # stays on the device
+        else:
+            norm = self.normalizer(outer, inner, outer * inner)
+        self._norm = norm
+        top[0].xdata[...] = terms[0].sum() / norm
+        self._last_fused = True
+
     def forward(self, bottom, top):
         xp = bottom[0].xp
+        if self._fused(bottom, top):
+            return self._forward_fused(bottom, top)
+        self._last_fused = False
         outer, c, inner = self.dims
         prob = self._prob_array(top).reshape(self.dims)
         _softmax3(xp, bottom[0].xdata.reshape(self.dims), prob)
+        if xp is not np:
+            return self._forward_device(xp, bottom, top, prob)
         lab, valid, safe = _labels(self, xp, bottom[1], outer, inner, c)
         self._label_state = (valid, safe)
         oi, ii = self._index(xp, outer, inner)
@@ -199,12 +239,45 @@ class SoftmaxWithLossLayer(LossLayer):
         self._norm = self.normalizer(outer, inner, count)
         top[0].xdata[...] = loss / self._norm
 
+    def _forward_device(self, xp, bottom, top, prob):
+        """The rest of forward with the loss and the count left on the device."""
+        outer, c, inner = self.dims
+        if self._check_labels:
+            _labels(self, xp, bottom[1], outer, inner, c)
+            self._check_labels = False
+        lab = bottom[1].xdata.reshape(outer, inner).astype(np.int64)
+        inside = (lab >= 0) & (lab < c)
+        valid = lab != self.ignore_label if self.has_ignore_label else None
+        safe = xp.clip(lab, 0, c - 1)
+        if valid is not None:
+            safe = xp.where(valid, safe, 0)
+        self._label_state = (valid, safe)
+        oi, ii = self._index(xp, outer, inner)
+        logp = xp.log(xp.maximum(prob[oi, safe, ii], _FLT_MIN))
+        logp = xp.where(inside | (False if valid is None else ~valid), logp, np.nan)
+        if valid is None:
+            total = -logp.sum()
+            norm = self.normalizer(outer, inner, outer * inner)
+        else:
+            total = -(logp * valid).sum()
+            norm = xp.maximum(valid.sum(), 1) if self.normalization == LP.VALID else \
+                self.normalizer(outer, inner, outer * inner)
+        self._norm = norm
+        top[0].xdata[...] = total / norm
+
     def backward(self, top, propagate_down, bottom):
         self._no_label_backward(propagate_down)
         if not propagate_down[0]:
             return
         xp = bottom[0].xp
         outer, c, inner = self.dims
+        if self._last_fused:
+            dx = bottom[0].xdiff
+            scale = (top[0].xdiff.reshape(1) / self._norm).astype(dx.dtype, copy=False)
+            _cuda.softmax_loss.backward(self._prob_array(top), bottom[1].xdata, scale, dx,
+                                        outer, c, inner,
+                                        self.ignore_label if self.has_ignore_label else None)
+            return
         dx = bottom[0].xdiff.reshape(self.dims)
         dx[...] = self._prob_array(top).reshape(self.dims)
         valid, safe = self._label_state
@@ -323,6 +396,7 @@ class AccuracyLayer(Layer):
         self.has_ignore_label = p.HasField("ignore_label")
         self.ignore_label = int(p.ignore_label)
         self._index_cache = None
+        self._check_labels = True      # device path: check the labels on the host once
 
     def reshape(self, bottom, top):
         b0, b1 = bottom[0], bottom[1]
@@ -335,8 +409,38 @@ class AccuracyLayer(Layer):
         if len(top) > 1:
             top[1].reshape((c,))
 
+    def _forward_device(self, xp, bottom, top):
+        """As forward, with every count left on the device (no host sync)."""
+        outer, c, inner = self.dims
+        if self._check_labels:
+            _labels(self, xp, bottom[1], outer, inner, c)
+            self._check_labels = False
+        x = bottom[0].xdata.reshape(self.dims)
+        lab = bottom[1].xdata.reshape(outer, inner).astype(np.int64)
+        inside = (lab >= 0) & (lab < c)
+        safe = xp.clip(lab, 0, c - 1)
+        true_score = xp.take_along_axis(x, safe[:, None, :], axis=1)
+        correct = (x > true_score).sum(axis=1) < self.top_k
+        correct &= inside
+        if self.has_ignore_label:
+            valid = lab != self.ignore_label
+            correct &= valid
+            count = valid.sum()
+        else:
+            valid = None
+            count = outer * inner
+        top[0].xdata[...] = correct.sum() / xp.maximum(count, 1)
+        if len(top) > 1:
+            flat = safe.ravel()
+            w_all = inside.ravel() if valid is None else (inside & valid).ravel()
+            totals = xp.bincount(flat, weights=w_all.astype(np.float64), minlength=c)
+            right = xp.bincount(flat, weights=correct.ravel().astype(np.float64), minlength=c)
+            top[1].xdata[...] = xp.where(totals > 0, right / xp.maximum(totals, 1), 0)
+
     def forward(self, bottom, top):
         xp = bottom[0].xp
+        if xp is not np:
+            return self._forward_device(xp, bottom, top)
         outer, c, inner = self.dims
         x = bottom[0].xdata.reshape(self.dims)
         lab, valid, safe = _labels(self, xp, bottom[1], outer, inner, c)

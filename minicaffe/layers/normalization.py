@@ -12,10 +12,16 @@ BatchNorm keeps between forward and backward only the centred input x - mean (on
 activation-sized buffer) and per-channel vectors; its backward needs one activation-sized
 temporary. Forward and backward never read the top's data, so running in place (top ==
 bottom) gives the same results as running out of place.
+
+On CuPy arrays (GPU mode) the three layers run the fused kernels of
+``minicaffe.kernels.channels`` instead: BatchNorm's statistics in one pass and the moving
+averages and normalisation fused, no host reads (global statistics included); Scale/Bias as
+one affine kernel and one per-channel reduction for their gradients.
 """
 import numpy as np
 
 from .. import backend
+from ..kernels import cuda as _kernels
 from ..blob import Blob
 from ..errors import ShapeError
 from ..layer import Layer, register
@@ -157,6 +163,8 @@ class BatchNormLayer(Layer):
         self._inv_std = None
         self._inv_std_b = None
         self._last_global = None
+        self._last_fused = False
+        self._stats = None
 
     def reshape(self, bottom, top):
         x = bottom[0]
@@ -186,10 +194,36 @@ class BatchNormLayer(Layer):
         var = xp.asarray(self.blobs[1].xdata, dtype=np.float64).reshape(-1) * s
         return mean, var
 
+    def _fused(self, x):
+        return backend.fused_kernels(self._bc.xp) and \
+            _kernels.supported(x, *(b.xdata for b in self.blobs))
+
+    def _forward_fused(self, x, y):
+        bc = self._bc
+        cp = bc.xp
+        C = bc.dim
+        stats = self._stats
+        if stats is None or stats.shape != (2, C) or stats.dtype != x.dtype:
+            stats = self._stats = cp.empty((2, C), dtype=x.dtype)
+        blobs = [b.xdata for b in self.blobs]
+        if self.use_global_stats:
+            _kernels.channels.bn_forward_global(cp, x, y, blobs, bc.outer, C, bc.inner,
+                                                self.eps, stats)
+            self._centered = None
+        else:
+            self._centered = cen = _scratch(self._centered, bc.shape, x)
+            _kernels.channels.bn_forward_train(cp, x, y, cen, blobs, bc.outer, C, bc.inner,
+                                               self.eps, self.moving_average_fraction, stats)
+        self._last_global = self.use_global_stats
+        self._last_fused = True
+
     def forward(self, bottom, top):
         bc = self._bc
         x = bottom[0].xdata
         xp = bc.xp
+        if bc.count and self._fused(x):
+            return self._forward_fused(x, top[0].xdata)
+        self._last_fused = False
         X = bc.view(x)
         Y = bc.view(top[0].xdata)
         if bc.count == 0:
@@ -232,6 +266,15 @@ class BatchNormLayer(Layer):
             self.fail("backward called before forward")
         bc = self._bc
         xp = bc.xp
+        if self._last_fused:
+            dy, dx = top[0].xdiff, bottom[0].xdiff
+            inv_std = self._stats[1]
+            if self._last_global:
+                _kernels.channels.affine(dy, inv_std, None, dx, bc.outer, bc.dim, bc.inner)
+            else:
+                _kernels.channels.bn_backward_train(xp, dy, self._centered, dx, inv_std,
+                                                    bc.outer, bc.dim, bc.inner)
+            return
         dy = bc.view(top[0].xdiff)
         dx = bc.view(bottom[0].xdiff)
         if self._last_global:
@@ -358,12 +401,19 @@ class ScaleLayer(_AxisParamLayer):
     def _scale_blob(self, bottom):
         return bottom[1] if len(bottom) == 2 else self.blobs[0]
 
+    def _fused(self, bottom):
+        arrays = [bottom[0].xdata, self._scale_blob(bottom).xdata]
+        if self.bias_term:
+            arrays.append(self.blobs[self._bias_index].xdata)
+        return backend.fused_kernels(self._bc.xp) and _kernels.supported(*arrays)
+
     def forward(self, bottom, top):
         bc = self._bc
         xp = bc.xp
         X = bc.view(bottom[0].xdata)
         Y = bc.view(top[0].xdata)
         in_place = top[0] is bottom[0]
+        fused = self._fused(bottom)
         need_input = len(bottom) == 2 or self.param_propagate_down[0]
         self._saved_valid = in_place and need_input
         if self._saved_valid:
@@ -371,13 +421,48 @@ class ScaleLayer(_AxisParamLayer):
             xp.copyto(self._saved, X)
         elif not in_place:
             self._saved = None
+        if fused:
+            b = self.blobs[self._bias_index].xdata if self.bias_term else None
+            _kernels.channels.affine(bottom[0].xdata, self._scale_blob(bottom).xdata, b,
+                                     top[0].xdata, bc.outer, bc.dim, bc.inner)
+            return
         xp.multiply(X, bc.vec(self._scale_blob(bottom).xdata, 0), out=Y)
         if self.bias_term:
             xp.add(Y, bc.vec(self.blobs[self._bias_index].xdata, 1), out=Y)
 
+    def _input_for_grad(self, bottom, top):
+        if top[0] is bottom[0]:
+            if not self._saved_valid:
+                self.fail("the scale gradient needs the input, which was not kept by the "
+                          "in-place forward (param_propagate_down changed after forward)")
+            return self._saved
+        return bottom[0].xdata
+
+    def _backward_fused(self, top, propagate_down, bottom):
+        bc = self._bc
+        K = _kernels.channels
+        dy = top[0].xdiff
+        two = len(bottom) == 2
+        want_bias = self.bias_term and self.param_propagate_down[self._bias_index]
+        need_scale = propagate_down[1] if two else self.param_propagate_down[0]
+        if want_bias or need_scale:
+            x = self._input_for_grad(bottom, top) if need_scale else None
+            s1, s2 = K.channel_sums(bc.xp, dy, x, bc.outer, bc.dim, bc.inner, need_scale)
+            if want_bias:
+                K.accumulate(s1, self.blobs[self._bias_index].xdiff)
+            if need_scale and two:
+                bottom[1].xdiff[...] = s2.astype(bottom[1].dtype).reshape(bottom[1].shape)
+            elif need_scale:
+                K.accumulate(s2, self.blobs[0].xdiff)
+        if propagate_down[0]:
+            K.affine(dy, self._scale_blob(bottom).xdata, None, bottom[0].xdiff, bc.outer,
+                     bc.dim, bc.inner)
+
     def backward(self, top, propagate_down, bottom):
         bc = self._bc
         xp = bc.xp
+        if self._fused(bottom):
+            return self._backward_fused(top, propagate_down, bottom)
         dy = bc.view(top[0].xdiff)
         two = len(bottom) == 2
         if self.bias_term and self.param_propagate_down[self._bias_index]:
@@ -425,13 +510,38 @@ class BiasLayer(_AxisParamLayer):
         b = bottom[1] if len(bottom) == 2 else self.blobs[0]
         self._layout(bottom[0], b, top, slots=1)
 
+    def _fused(self, bottom):
+        b = bottom[1] if len(bottom) == 2 else self.blobs[0]
+        return backend.fused_kernels(self._bc.xp) and \
+            _kernels.supported(bottom[0].xdata, b.xdata)
+
     def forward(self, bottom, top):
         bc = self._bc
         b = bottom[1] if len(bottom) == 2 else self.blobs[0]
+        if self._fused(bottom):
+            _kernels.channels.affine(bottom[0].xdata, None, b.xdata, top[0].xdata, bc.outer,
+                                     bc.dim, bc.inner)
+            return
         bc.xp.add(bc.view(bottom[0].xdata), bc.vec(b.xdata, 0), out=bc.view(top[0].xdata))
+
+    def _backward_fused(self, top, propagate_down, bottom):
+        bc = self._bc
+        K = _kernels.channels
+        dy = top[0].xdiff
+        two = len(bottom) == 2
+        if (two and propagate_down[1]) or (not two and self.param_propagate_down[0]):
+            s1, _ = K.channel_sums(bc.xp, dy, None, bc.outer, bc.dim, bc.inner, False)
+            if two:
+                bottom[1].xdiff[...] = s1.astype(bottom[1].dtype).reshape(bottom[1].shape)
+            else:
+                K.accumulate(s1, self.blobs[0].xdiff)
+        if propagate_down[0] and top[0] is not bottom[0]:
+            bc.xp.copyto(bottom[0].xdiff, dy)
 
     def backward(self, top, propagate_down, bottom):
         bc = self._bc
+        if self._fused(bottom):
+            return self._backward_fused(top, propagate_down, bottom)
         dy = bc.view(top[0].xdiff)
         two = len(bottom) == 2
         if two and propagate_down[1]:

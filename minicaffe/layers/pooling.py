@@ -18,7 +18,7 @@ instead (``minicaffe.kernels.cpu_pooling``, same winners).
 import numpy as np
 
 from .. import im2col as win
-from ..kernels import cpu as cpu_kernels
+from .. import kernels
 from ..backend import get_array_module
 from ..errors import ShapeError
 from ..layer import Layer, register
@@ -103,7 +103,7 @@ class PoolingLayer(Layer):
             t.reshape(out_shape)
         xp, dtype = x.xp, x.dtype
         # MAX backward's scattered sum: a compiled loop when available (NumPy arrays).
-        self.fast = cpu_kernels.get("pooling", xp) if self.method == P.MAX else None
+        self.fast = kernels.get("pooling", xp) if self.method == P.MAX else None
         # One window covering the whole image: plain reductions instead of offset loops.
         self.whole = self.out_hw == (1, 1) and self.pad == (0, 0)
         self.tmp = self._tmp.get(xp, out_shape, dtype)

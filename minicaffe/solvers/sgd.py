@@ -9,13 +9,19 @@ The other types (Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) only change the ste
 ``.solverstate`` holds ``iter``, ``learned_net``, ``current_step`` and the history blobs in
 Caffe's layout: one per parameter, except AdaDelta and Adam which store 2 x n (squared
 gradients / first moments for the n parameters, then squared updates / second moments).
+
+On CuPy arrays each parameter's normalise + regularise + step + ``data -= diff`` is one fused
+kernel (``minicaffe.kernels.cuda.solver``); the NumPy expressions below are the CPU path.
 """
 import logging
 import math
 import os
 
+import numpy as np
+
 from .. import backend
 from ..errors import MiniCaffeError
+from ..kernels import cuda as _cuda
 from ..io.protobinary import array_to_blobproto, blobproto_to_array, read_binary, write_binary
 from ..proto import caffe_pb2
 from .solver import Solver, _g
@@ -29,6 +35,7 @@ class SGDSolver(Solver):
     """Stochastic gradient descent with momentum; the base of the other update rules."""
     type = "SGD"
     history_sets = 1   # history blobs per learnable parameter in the solverstate
+    fused_kind = "sgd"  # the fused CUDA update (minicaffe.kernels.cuda.solver)
 
     def __init__(self, param, source=None):
         super().__init__(param, source)
@@ -63,6 +70,14 @@ class SGDSolver(Solver):
         self._update = [xp.zeros_like(b.xdata) for b, xp in zip(self._params, self._xp)]
         self._temp = [xp.zeros_like(b.xdata) for b, xp in zip(self._params, self._xp)]
 
+    def _move_state(self, xp):
+        def move(a):
+            return xp.asarray(backend.to_numpy(a)) if xp is not np else backend.to_numpy(a)
+        self.history = [move(h) for h in self.history]
+        self._update = [move(u) for u in self._update]
+        self._temp = [move(t) for t in self._temp]
+        self._xp = [xp] * len(self._params)
+
     # -- learning rate -------------------------------------------------------------------------
     def get_learning_rate(self):
         p = self.param
@@ -95,6 +110,11 @@ class SGDSolver(Solver):
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, _g(rate))
         self.clip_gradients()
+        if self._params and backend.fused_kernels(self._xp[0]) and \
+                _cuda.supported(*(b.xdata for b in self._params)):
+            for i in range(len(self._params)):
+                self._fused_update(i, rate)
+            return
         for i in range(len(self._params)):
             self.normalize(i)
             self.regularize(i)
@@ -103,6 +123,20 @@ class SGDSolver(Solver):
             data = b.xdata
             data -= b.xdiff
 
+    def _fused_scalars(self, i, rate):
+        """Arguments of the fused update for parameter ``i`` (see kernels.cuda.solver)."""
+        p = self.param
+        return dict(iter_scale=1.0 / p.iter_size, decay=p.weight_decay * self._decay_mult[i],
+                    l1=p.regularization_type == "L1", lr=rate * self._lr_mult[i],
+                    momentum=p.momentum, m2=0.0, delta=p.delta)
+
+    def _fused_update(self, i, rate):
+        b = self._params[i]
+        n = len(self._params)
+        h2 = self.history[n + i] if self.history_sets == 2 else None
+        _cuda.solver.update(self.fused_kind, b.xdiff, b.xdata, self.history[i], h2,
+                            **self._fused_scalars(i, rate))
+
     def clip_gradients(self):
         clip = self.param.clip_gradients
         if clip < 0:
@@ -110,8 +144,11 @@ class SGDSolver(Solver):
         sumsq = 0.0
         for b, xp in zip(self._params, self._xp):
             d = b.xdiff.ravel()
-            sumsq += float(xp.dot(d, d))
-        norm = math.sqrt(sumsq)
+            if xp is np:
+                sumsq += float(xp.dot(d, d))
+            else:                      # summed on the device, one read below
+                sumsq = sumsq + xp.dot(d, d).astype(np.float64)
+        norm = math.sqrt(backend.to_float(sumsq))
         if norm > clip:
             scale = clip / norm
             log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale "
@@ -193,6 +230,7 @@ class SGDSolver(Solver):
 class NesterovSolver(SGDSolver):
     """Nesterov momentum: diff = (1 + momentum) * history_new - momentum * history_old."""
     type = "Nesterov"
+    fused_kind = "nesterov"
 
     def compute_update_value(self, i, rate):
         g, h, prev, tmp = self._params[i].xdiff, self.history[i], self._update[i], self._temp[i]
@@ -209,6 +247,7 @@ class NesterovSolver(SGDSolver):
 class AdaGradSolver(SGDSolver):
     """history += diff^2; diff = local_rate * diff / (sqrt(history) + delta)."""
     type = "AdaGrad"
+    fused_kind = "adagrad"
 
     def _check_update_param(self):
         super()._check_update_param()
@@ -230,6 +269,12 @@ class RMSPropSolver(SGDSolver):
     """history = rms_decay * history + (1 - rms_decay) * diff^2;
     diff = local_rate * diff / (sqrt(history) + delta)."""
     type = "RMSProp"
+    fused_kind = "rmsprop"
+
+    def _fused_scalars(self, i, rate):
+        d = super()._fused_scalars(i, rate)
+        d["m2"] = self.param.rms_decay
+        return d
 
     def _check_update_param(self):
         super()._check_update_param()
@@ -257,6 +302,7 @@ class AdaDeltaSolver(SGDSolver):
     averages, then n squared-update averages."""
     type = "AdaDelta"
     history_sets = 2
+    fused_kind = "adadelta"
 
     def compute_update_value(self, i, rate):
         b, xp = self._params[i], self._xp[i]
@@ -285,6 +331,16 @@ class AdamSolver(SGDSolver):
     t = iter + 1."""
     type = "Adam"
     history_sets = 2
+    fused_kind = "adam"
+
+    def _fused_scalars(self, i, rate):
+        d = super()._fused_scalars(i, rate)
+        p = self.param
+        t = self.iter + 1
+        correction = math.sqrt(1.0 - p.momentum2 ** t) / (1.0 - p.momentum ** t)
+        d["lr"] = rate * self._lr_mult[i] * correction
+        d["m2"] = p.momentum2
+        return d
 
     def compute_update_value(self, i, rate):
         b, xp = self._params[i], self._xp[i]

@@ -13,6 +13,12 @@ on the CPU) therefore depend only on the seed and the iteration number, so train
 iterations, snapshotting and resuming for L more gives bitwise the same weights as K + L
 straight on the CPU. Data read from a database keeps its own cursor, which a solverstate does
 not record (nor does Caffe's).
+
+GPU mode: the nets live on the device and the loop never waits for it. A loss is a device
+scalar; the losses of the iterations since the last read are copied to the host in one go
+when they are displayed (or every ``_LOSS_FLUSH`` iterations), and the smoothed loss is then
+updated from them in order, exactly as on the CPU. Test outputs are summed on the device and
+read once per test.
 """
 import logging
 import os
@@ -29,6 +35,8 @@ from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2
 
 log = logging.getLogger("minicaffe")
+
+_LOSS_FLUSH = 256   # device losses kept before they are read even without a display
 
 SolverParameter = caffe_pb2.SolverParameter
 _LEGACY_TYPES = {SolverParameter.SGD: "SGD", SolverParameter.NESTEROV: "Nesterov",
@@ -125,7 +133,9 @@ class Solver:
         self.iteration_hooks = []         # called with the solver after every iteration
         self._callbacks = []
         self.losses = []
-        self.smoothed_loss = 0.0
+        self._smoothed = 0.0
+        self._pending = []               # (iter, start_iter, average_loss, device loss)
+        self._state_xp = backend.xp()    # module the solver's own arrays live in
         self.mean_scores = [[] for _ in self.test_nets]
         self._timer = time.perf_counter()
         self._iters_last = 0
@@ -259,8 +269,62 @@ class Solver:
             # Host generator only: keyed by (seed, iter) so a resumed run draws the same.
             backend._rng["gen"] = np.random.default_rng([int(seed), int(self.iter)])
 
+    # -- smoothed loss ---------------------------------------------------------------------
+    @property
+    def smoothed_loss(self):
+        """Caffe's smoothed loss (mean of the last average_loss losses); in GPU mode reading
+        it copies the pending device losses to the host."""
+        self._flush_losses()
+        return self._smoothed
+
+    @smoothed_loss.setter
+    def smoothed_loss(self, value):
+        self._pending = []
+        self._smoothed = value
+
+    @property
+    def last_smoothed_loss(self):
+        """The smoothed loss as of the last read from the device (never waits for it): for
+        progress displays that update every iteration."""
+        return self._smoothed
+
+    def _record_loss(self, loss, start_iter, average_loss):
+        if isinstance(loss, (float, int, np.floating, np.integer)) or \
+                type(loss) is np.ndarray:
+            self._flush_losses()
+            self._update_smoothed_loss(float(loss), start_iter, average_loss)
+            return
+        self._pending.append((self.iter, start_iter, average_loss, loss))
+        if len(self._pending) >= _LOSS_FLUSH:
+            self._flush_losses()
+
+    def _flush_losses(self):
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        xp = backend.get_array_module(pending[0][3])
+        values = backend.to_numpy(xp.stack([xp.asarray(v, dtype=np.float64).reshape(())
+                                            for *_, v in pending]))
+        for (it, start_iter, average_loss, _), v in zip(pending, values):
+            self._update_smoothed_loss(float(v), start_iter, average_loss, it)
+
+    def _follow_mode(self):
+        """Move the nets and the solver's arrays when the mode changed since they were made."""
+        xp = backend.xp()
+        if xp is not self._state_xp:
+            self.net.to_module(xp)
+            for tnet in self.test_nets:
+                tnet.to_module(xp)
+            self._move_state(xp)
+            self._state_xp = xp
+
+    def _move_state(self, xp):
+        """Subclasses move their own arrays (history) to ``xp``."""
+
     def step(self, iters):
         p = self.param
+        self._follow_mode()
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
         self.losses = []
@@ -282,7 +346,7 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += self.net.forward_backward()
             loss /= p.iter_size
-            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            self._record_loss(loss, start_iter, p.average_loss)
             if display:
                 self._display()
             for _, on_gradients_ready in self._callbacks:
@@ -300,28 +364,30 @@ class Solver:
 
     def _display(self):
         p = self.param
+        smoothed = self.smoothed_loss          # the one device read of the interval
         lapse = time.perf_counter() - self._timer
         per_s = (self.iter - self._iters_last) / (lapse if lapse else 1.0)
         log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, _g(per_s),
-                 _g(lapse), p.display, _g(self.smoothed_loss))
+                 _g(lapse), p.display, _g(smoothed))
         self._timer = time.perf_counter()
         self._iters_last = self.iter
         index = 0
         for name in self.net.outputs:
             weight = self.net.blob_loss_weights[name]
-            for v in backend.to_numpy(self.net.blobs[name].data).ravel():
+            for v in self.net.blobs[name].cpu_data().ravel():
                 extra = f" (* {_g(weight)} = {_g(weight * v)} loss)" if weight else ""
                 log.info("    Train net output #%d: %s = %s%s", index, name, _g(v), extra)
                 index += 1
 
-    def _update_smoothed_loss(self, loss, start_iter, average_loss):
+    def _update_smoothed_loss(self, loss, start_iter, average_loss, it=None):
+        it = self.iter if it is None else it
         if len(self.losses) < average_loss:
             self.losses.append(loss)
             n = len(self.losses)
-            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+            self._smoothed = (self._smoothed * (n - 1) + loss) / n
         else:
-            idx = (self.iter - start_iter) % average_loss
-            self.smoothed_loss += (loss - self.losses[idx]) / average_loss
+            idx = (it - start_iter) % average_loss
+            self._smoothed += (loss - self.losses[idx]) / average_loss
             self.losses[idx] = loss
 
     def solve(self, resume_file=None):
@@ -344,7 +410,7 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0:
             loss = self.net.forward_from_to()
-            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            self._record_loss(loss, start_iter, p.average_loss)
             log.info("Iteration %d, loss = %s", self.iter, _g(self.smoothed_loss))
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
@@ -361,11 +427,13 @@ class Solver:
         """Run test net ``test_net_id`` test_iter times; log and return the mean outputs."""
         p = self.param
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
+        self._follow_mode()
         tnet = self.test_nets[test_net_id]
         tnet.share_with(self.net)
         n_iter = p.test_iter[test_net_id]
         sums = None
         loss = 0.0
+        on_device = backend.xp() is not np
         for _ in range(n_iter):
             request = self._requested_action()
             while request != SolverAction.NONE:
@@ -379,8 +447,11 @@ class Solver:
             iter_loss = tnet.forward_from_to()
             if p.test_compute_loss:
                 loss += iter_loss
-            values = [backend.to_numpy(tnet.blobs[n].data).astype(np.float64).ravel()
-                      for n in tnet.outputs]
+            if on_device:   # summed on the device, read once after the loop
+                values = [tnet.blobs[n].xdata.astype(np.float64).ravel() for n in tnet.outputs]
+            else:
+                values = [backend.to_numpy(tnet.blobs[n].data).astype(np.float64).ravel()
+                          for n in tnet.outputs]
             if sums is None:
                 sums = [v.copy() for v in values]
             else:
@@ -389,6 +460,9 @@ class Solver:
         if self.requested_early_exit:
             log.info("Test interrupted.")
             return None
+        if on_device:
+            sums = [backend.to_numpy(v) for v in sums] if sums is not None else None
+            loss = backend.to_float(loss)
         if p.test_compute_loss:
             log.info("Test loss: %s", _g(loss / n_iter))
         means, index = [], 0
