@@ -44,6 +44,9 @@ def build_parser():
     usage = "minicaffe <command> [--flag value ...]"
     epilog = "commands:\n" + "\n".join(f"  {k:<15} {v}" for k, v in VERBS.items()) + (
         "\n  data cifar10    get CIFAR-10 and convert it to LMDBs (see its --help)" +
+        "\n  classify        top-k classes of images through a deploy net" +
+        "\n  draw            render a net prototxt with graphviz" +
+        "\n  fold-bn         fold BatchNorm/Scale/Bias into the preceding conv/ip weights" +
         "\n\nFlags may also be written Caffe's way: -solver s.prototxt, -solver=s.prototxt.")
     p = _Parser(prog="minicaffe", usage=usage, allow_abbrev=False, epilog=epilog,
                 description="command line brew (Caffe's `caffe` tool)",
