@@ -11,6 +11,7 @@ from .net import TEST, TRAIN, Net  # noqa: F401
 from .proto import caffe_pb2  # noqa: F401
 
 __version__ = "0.1.0"
+layer_type_list = layer_types  # pycaffe's name
 
 from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
                       NesterovSolver, RMSPropSolver, SGDSolver, get_solver)

@@ -469,6 +469,29 @@ class Net:
         names = set(self.inputs if end is None else self._bottom_ids[e]) | set(diffs or ())
         return {n: self.blobs[n].diff for n in self.blobs if n in names}
 
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's forward_all: run inputs of any length through the net in batches of its
+        input batch size; returns {output (and ``blobs``) name: array over all inputs}."""
+        names = list(self.outputs) + [b for b in (blobs or ()) if b not in self.outputs]
+        if not kwargs:
+            return {n: np.array(v, copy=True) for n, v in self.forward(blobs=blobs).items()}
+        lengths = {len(v) for v in kwargs.values()}
+        if len(lengths) != 1:
+            raise ShapeError(f"forward_all: inputs have different lengths {sorted(lengths)}")
+        total = lengths.pop()
+        batch = self.blobs[next(iter(kwargs))].shape[0]
+        pieces = {n: [] for n in names}
+        for start in range(0, total, batch):
+            chunk = {k: np.asarray(v[start:start + batch]) for k, v in kwargs.items()}
+            n = len(next(iter(chunk.values())))
+            if n < batch:  # pad the last batch, as pycaffe does, then drop the padding
+                chunk = {k: np.concatenate([v, np.zeros((batch - n,) + v.shape[1:], v.dtype)])
+                         for k, v in chunk.items()}
+            out = self.forward(blobs=blobs, **chunk)
+            for name in names:
+                pieces[name].append(np.array(out[name][:n], copy=True))
+        return {n: np.concatenate(p) for n, p in pieces.items()}
+
     def forward_backward(self):
         loss = self.forward_from_to()
         self.backward_from_to()

@@ -93,3 +93,16 @@ def test_unimplemented_type_is_named(tmp_path):
     p.write_text('layer { name: "w" type: "WindowData" top: "d" }')
     with pytest.raises(caffe.LayerError, match="layer 'w': unknown layer type 'WindowData'"):
         caffe.Net(str(p), caffe.TRAIN)
+
+
+def test_forward_all_batches_and_pads(model):
+    net = caffe.Net(model, caffe.TEST)
+    rs = np.random.RandomState(3)
+    data = rs.standard_normal((10, 3, 8, 8)).astype(np.float32)
+    out = net.forward_all(blobs=["ip1"], data=data, label=np.zeros(10))
+    assert out["ip1"].shape == (10, 3)
+    # Image 9 alone (batch of 4: images 8, 9 and two padding images) equals a direct forward.
+    net.blobs["data"].data[...] = data[6:10]
+    net.forward()
+    np.testing.assert_allclose(out["ip1"][6:10], net.blobs["ip1"].data, rtol=1e-5, atol=1e-6)
+    assert "Convolution" in caffe.layer_type_list()
