@@ -489,7 +489,9 @@ class Net:
                          for k, v in chunk.items()}
             out = self.forward(blobs=blobs, **chunk)
             for name in names:
-                pieces[name].append(np.array(out[name][:n], copy=True))
+                arr = np.asarray(out[name])
+                # Scalar outputs (losses, accuracy) give one value per batch.
+                pieces[name].append(arr.reshape(1).copy() if arr.ndim == 0 else arr[:n].copy())
         return {n: np.concatenate(p) for n, p in pieces.items()}
 
     def forward_backward(self):
