@@ -469,6 +469,14 @@ class Net:
         names = set(self.inputs if end is None else self._bottom_ids[e]) | set(diffs or ())
         return {n: self.blobs[n].diff for n in self.blobs if n in names}
 
+    def set_input_arrays(self, data, labels):
+        """pycaffe's set_input_arrays: (N, C, H, W) float32 data and N labels for the first
+        layer, which must be MemoryData; forward then serves them batch_size at a time."""
+        if not self.layers or self.layers[0].type != "MemoryData":
+            raise LayerError("set_input_arrays may only be called if the first layer is a "
+                             "MemoryData layer")
+        self.layers[0].reset(data, labels)
+
     def forward_all(self, blobs=None, **kwargs):
         """pycaffe's forward_all: run inputs of any length through the net in batches of its
         input batch size; returns {output (and ``blobs``) name: array over all inputs}."""

@@ -253,9 +253,19 @@ CASES = {
     "Threshold": [case('type: "Threshold" threshold_param { threshold: 0.2 }', [rn(3, 4)],
                        forward_only=True)],
     "Tile": [case('type: "Tile" tile_param { axis: 1 tiles: 3 }', [rn(2, 3, 4)])],
+    "Filter": [case('type: "Filter"', [rn(6, 3, 2), rn(6, 4),
+                    lambda r: np.array([1, 0, 2, 0, 1, 1], np.float32).reshape(6, 1)],
+                    num_top=2, prop=[True, True, False])],
+    "Im2col": [case('type: "Im2col" convolution_param { kernel_size: 3 stride: 2 pad: 1 }',
+                    [rn(2, 3, 7, 6)]),
+               case('type: "Im2col" convolution_param { kernel_h: 2 kernel_w: 3 dilation: 2 }',
+                    [rn(2, 2, 6, 7)])],
+    "SPP": [case('type: "SPP" spp_param { pyramid_height: 3 pool: MAX }', [rn(2, 3, 9, 8)]),
+            case('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [rn(2, 3, 7, 5)]),
+            case('type: "SPP" spp_param { pyramid_height: 1 }', [rn(2, 3, 5, 4)])],
 }
 
-DATA_LAYERS = ("Data", "ImageData", "HDF5Data")   # checked by test_data_layers_parity
+DATA_LAYERS = ("Data", "ImageData", "HDF5Data", "MemoryData", "HDF5Output")   # checked by test_data_layers_parity
 
 USER_LAYERS = '''
 import minicaffe as caffe
