@@ -282,8 +282,13 @@ def bench_memory():
     if missing:
         print(f"\nPeak memory: skipped, layer types not registered yet: {', '.join(missing)}")
         return
-    with_bn, t_bn = training_peak(True)
-    without, t_plain = training_peak(False)
+    # Each measurement in a fresh process: the convolution's column workspace is shared by
+    # all nets of a process, so a second net in the same process would not pay for it.
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(1) as pool:
+        with_bn, t_bn = pool.apply(training_peak, (True,))
+    with mp.get_context("spawn").Pool(1) as pool:
+        without, t_plain = pool.apply(training_peak, (False,))
     mib = 1024.0 * 1024.0
     print("\nPeak traced memory of a training iteration, CIFAR-10 BN net, batch 100:")
     print(f"  with BatchNorm/Scale/Bias:    {with_bn / mib:8.1f} MiB   ({t_bn * 1e3:.0f} ms/iter "
