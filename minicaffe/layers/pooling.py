@@ -7,13 +7,17 @@ For output position (ph, pw) the window starts at (ph*sh - pad_h, pw*sw - pad_w)
     AVE:  y = sum of the window's real pixels / pool_size, where pool_size counts the window
           clipped to the padded image [-pad, size + pad) -- padding counts, overhang does not.
 
-Both directions loop over the kh*kw kernel offsets only (see ``im2col.window_offsets``): at
-each offset one strided slice of the input meets the block of outputs whose window samples it.
-MAX forward only takes running maxima (one ``fmax`` per offset); the winning pixels are found
-again from the bottom and a kept copy of the output when backward (or the mask top) needs them,
-scanning the offsets in order so that ties go to the first pixel. On NumPy arrays with numba
-available, MAX backward -- a scattered sum, NumPy's slowest step here -- is one compiled loop
-instead (``minicaffe.kernels.cpu_pooling``, same winners).
+Where compiled kernels apply (``kernels.get("pooling", xp)``: numba on NumPy arrays, CUDA on
+CuPy arrays), both methods run as kernels over the planes (image x channel): MAX forward keeps
+each window's winner (int32 flat index in its plane) for backward and the mask top, and MAX
+backward adds each output's gradient at its winner.
+
+Otherwise both directions loop over the kh*kw kernel offsets only (see
+``im2col.window_offsets``): at each offset one strided slice of the input meets the block of
+outputs whose window samples it. MAX forward only takes running maxima (one ``fmax`` per
+offset); the winning pixels are found again from the bottom and a kept copy of the output when
+backward (or the mask top) needs them, scanning the offsets in order so that ties go to the
+first pixel.
 """
 import numpy as np
 
@@ -80,6 +84,7 @@ class PoolingLayer(Layer):
         self._hit = win.Scratch()      # MAX: bool, this offset's pixel is the window's max
         self._free = win.Scratch()     # MAX: bool, window's winner not found yet
         self._tmp = win.Scratch()      # float work array
+        self._argmax = win.Scratch()   # MAX with kernels: int32 winner of each output
         self._key = None
 
     def reshape(self, bottom, top):
@@ -102,15 +107,18 @@ class PoolingLayer(Layer):
                 self.fail("cannot run in place")
             t.reshape(out_shape)
         xp, dtype = x.xp, x.dtype
-        # MAX backward's scattered sum: a compiled loop when available (NumPy arrays).
-        self.fast = kernels.get("pooling", xp) if self.method == P.MAX else None
+        # Compiled kernels when available (numba on NumPy arrays, CUDA on CuPy arrays).
+        self.fast = kernels.get("pooling", xp)
         # One window covering the whole image: plain reductions instead of offset loops.
         self.whole = self.out_hw == (1, 1) and self.pad == (0, 0)
-        self.tmp = self._tmp.get(xp, out_shape, dtype)
-        if self.method == P.MAX:
-            self.best = self._best.get(xp, out_shape, dtype)
-            self.hit = self._hit.get(xp, out_shape, np.bool_)
-            self.free = self._free.get(xp, out_shape, np.bool_)
+        if self.whole:
+            self.fast = None
+        if self.fast is not None:
+            if self.method == P.MAX:
+                self.argmax = self._argmax.get(xp, (n * c,) + self.out_hw, np.int32)
+            self.geometry = self.kernel + self.stride + self.pad
+        else:
+            self._array_buffers(xp, out_shape, dtype)
         key = ((h, w), self.kernel, dtype, xp)
         if key != self._key:
             self._key = key
@@ -120,6 +128,14 @@ class PoolingLayer(Layer):
             self.pool_size = xp.asarray(self._pool_size(h, w), dtype=dtype)
             base, offset = self._mask_tables(w)
             self.mask_base, self.mask_offset = xp.asarray(base, dtype=dtype), offset.tolist()
+
+    def _array_buffers(self, xp, out_shape, dtype):
+        """Work arrays of the offset-loop (array) path."""
+        self.tmp = self._tmp.get(xp, out_shape, dtype)
+        if self.method == P.MAX:
+            self.best = self._best.get(xp, out_shape, dtype)
+            self.hit = self._hit.get(xp, out_shape, np.bool_)
+            self.free = self._free.get(xp, out_shape, np.bool_)
 
     def _pool_size(self, h, w):
         """(PH, PW) window sizes clipped to the padded image (Caffe's AVE divisor)."""
@@ -151,6 +167,11 @@ class PoolingLayer(Layer):
 
     def _forward_max(self, x, y, mask):
         xp = get_array_module(x)
+        if self.fast is not None:
+            self.fast.max_forward(self._planes(x), self._planes(y), self.argmax, *self.geometry)
+            if mask is not None:
+                mask.reshape(self.argmax.shape)[...] = self.argmax
+            return
         if self.whole:
             n, c = x.shape[:2]
             xp.max(x.reshape(n * c, -1), axis=1, out=y.reshape(n * c))
@@ -181,6 +202,10 @@ class PoolingLayer(Layer):
     def _forward_ave(self, x, y):
         xp = get_array_module(x)
         n, c = x.shape[:2]
+        if self.fast is not None:
+            self.fast.ave_forward(self._planes(x), self._planes(y), *self.geometry,
+                                  self.pool_size)
+            return
         if self.whole:
             xp.sum(x.reshape(n * c, -1), axis=1, out=y.reshape(n * c))
         else:
@@ -194,10 +219,12 @@ class PoolingLayer(Layer):
         if not propagate_down[0]:
             return
         dy, dx = top[0].xdiff, bottom[0].xdiff
-        if self.fast is not None and not self.whole:
-            self.fast.max_backward(self._planes(bottom[0].xdata), self._planes(self.best),
-                                   self._planes(dy), self._planes(dx),
-                                   *(self.kernel + self.stride + self.pad))
+        if self.fast is not None:
+            if self.method == P.MAX:
+                self.fast.max_backward(self._planes(dy), self.argmax, self._planes(dx))
+            else:
+                self.fast.ave_backward(self._planes(dy), self._planes(dx), *self.geometry,
+                                       self.pool_size)
             return
         xp = get_array_module(dx)
         n, c = dx.shape[:2]
