@@ -65,6 +65,29 @@ def _pair(layer, p, name, default, h_field=None, w_field=None):
                f"(given {len(values)} times for 2 spatial dimensions)")
 
 
+def read_geometry(layer, p, bottom):
+    """Set ``layer.axis``, ``num_spatial``, ``kernel``, ``stride``, ``pad`` and ``dilation``
+    from a ConvolutionParameter ``p`` (Convolution, Deconvolution and Im2col share these)."""
+    try:
+        layer.axis = bottom.canonical_axis_index(p.axis)
+    except IndexError:
+        layer.fail(f"axis {p.axis} is out of range for bottom shape {tuple(bottom.shape)}")
+    layer.num_spatial = bottom.num_axes - layer.axis - 1
+    if layer.num_spatial != 2:
+        layer.fail(f"only 2-D spatial input (..., C, H, W from axis {p.axis}) is supported; "
+                   f"bottom shape {tuple(bottom.shape)} has {layer.num_spatial} spatial axes")
+    layer.kernel = _pair(layer, p, "kernel_size", None, "kernel_h", "kernel_w")
+    layer.stride = _pair(layer, p, "stride", 1, "stride_h", "stride_w")
+    layer.pad = _pair(layer, p, "pad", 0, "pad_h", "pad_w")
+    layer.dilation = _pair(layer, p, "dilation", 1)
+    if min(layer.kernel) <= 0:
+        layer.fail(f"filter dimensions must be nonzero, got kernel {layer.kernel}")
+    if min(layer.stride) <= 0:
+        layer.fail(f"stride must be positive, got {layer.stride}")
+    if min(layer.dilation) <= 0:
+        layer.fail(f"dilation must be positive, got {layer.dilation}")
+
+
 class _ConvolutionBase(Layer):
     min_num_bottom = 1
     min_num_top = 1
@@ -74,24 +97,7 @@ class _ConvolutionBase(Layer):
     # -- setup -------------------------------------------------------------------------------
     def layer_setup(self, bottom, top):
         p = self.layer_param.convolution_param
-        try:
-            self.axis = bottom[0].canonical_axis_index(p.axis)
-        except IndexError:
-            self.fail(f"axis {p.axis} is out of range for bottom shape {tuple(bottom[0].shape)}")
-        self.num_spatial = bottom[0].num_axes - self.axis - 1
-        if self.num_spatial != 2:
-            self.fail(f"only 2-D spatial input (..., C, H, W from axis {p.axis}) is supported; "
-                      f"bottom shape {tuple(bottom[0].shape)} has {self.num_spatial} spatial axes")
-        self.kernel = _pair(self, p, "kernel_size", None, "kernel_h", "kernel_w")
-        self.stride = _pair(self, p, "stride", 1, "stride_h", "stride_w")
-        self.pad = _pair(self, p, "pad", 0, "pad_h", "pad_w")
-        self.dilation = _pair(self, p, "dilation", 1)
-        if min(self.kernel) <= 0:
-            self.fail(f"filter dimensions must be nonzero, got kernel {self.kernel}")
-        if min(self.stride) <= 0:
-            self.fail(f"stride must be positive, got {self.stride}")
-        if min(self.dilation) <= 0:
-            self.fail(f"dilation must be positive, got {self.dilation}")
+        read_geometry(self, p, bottom[0])
         self.channels = bottom[0].shape[self.axis]
         self.num_output = int(p.num_output)
         self.group = int(p.group)

@@ -35,7 +35,7 @@ from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..blob import Blob
 from .. import im2col as win
-from .conv import _pair
+from .conv import read_geometry
 
 log = logging.getLogger("minicaffe")
 
@@ -184,25 +184,7 @@ class Im2colLayer(Layer):
     exact_num_top = 1
 
     def layer_setup(self, bottom, top):
-        p = self.layer_param.convolution_param
-        try:
-            self.axis = bottom[0].canonical_axis_index(p.axis)
-        except IndexError:
-            self.fail(f"axis {p.axis} is out of range for bottom shape {_fmt(bottom[0].shape)}")
-        spatial = bottom[0].num_axes - self.axis - 1
-        if spatial != 2:
-            self.fail(f"only 2-D spatial input (..., C, H, W from axis {p.axis}) is supported; "
-                      f"bottom shape {_fmt(bottom[0].shape)} has {spatial} spatial axes")
-        self.kernel = _pair(self, p, "kernel_size", None, "kernel_h", "kernel_w")
-        self.stride = _pair(self, p, "stride", 1, "stride_h", "stride_w")
-        self.pad = _pair(self, p, "pad", 0, "pad_h", "pad_w")
-        self.dilation = _pair(self, p, "dilation", 1)
-        if min(self.kernel) <= 0:
-            self.fail(f"filter dimensions must be nonzero, got kernel {self.kernel}")
-        if min(self.stride) <= 0:
-            self.fail(f"stride dimensions must be nonzero, got {self.stride}")
-        if min(self.dilation) <= 0:
-            self.fail(f"dilation must be positive, got {self.dilation}")
+        read_geometry(self, self.layer_param.convolution_param, bottom[0])
         self._padded = win.Scratch()
         self._key = None
 
