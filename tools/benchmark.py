@@ -172,7 +172,7 @@ class Torch:
     def per_layer(self):
         """Forward and backward of each module on its own (graph cut between modules; conv1
         computes no input gradient), the loss as the last row; flatten counts into ip1."""
-        torch, F = self.torch, self.F
+        F = self.F
         self.net.train()
         mods = list(self.net.named_children()) + [("loss", lambda z: F.cross_entropy(z, self.y))]
         ins, outs, tf = [], [], []

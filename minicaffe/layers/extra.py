@@ -401,7 +401,7 @@ class SPPLayer(Layer):
             self.pools[0].backward(top, propagate_down, bottom)
             return
         dy = top[0].xdiff
-        n, start = dy.shape[0], 0
+        start = 0
         self._aux.share_data(bottom[0])
         for level, (pool, out, length) in enumerate(zip(self.pools, self._outs, self.lengths)):
             out.xdiff[...] = dy[:, start:start + length].reshape(out.shape)

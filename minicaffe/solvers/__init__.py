@@ -4,13 +4,11 @@
 ``solver_type``), as pycaffe's ``caffe.get_solver`` does; ``SGDSolver(path)`` and the other
 classes build that type whatever the file says.
 """
-import os
-
 from ..errors import MiniCaffeError
 from .sgd import (LR_POLICIES, AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
                   NesterovSolver, RMSPropSolver, SGDSolver)
-from .solver import (Solver, SolverAction, SolverParameter, read_solver_param,  # noqa: F401
-                     upgrade_solver)
+from .solver import (Solver, SolverAction, SolverParameter, load_solver_param,  # noqa: F401
+                     read_solver_param, upgrade_solver)
 
 SOLVERS = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
                                      AdaDeltaSolver, AdamSolver)}
@@ -18,15 +16,7 @@ SOLVERS = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, R
 
 def get_solver(param, source=None):
     """A solver of the ``type`` the solver file (or SolverParameter) names, as pycaffe's."""
-    if isinstance(param, (str, os.PathLike)):
-        source = os.fspath(param)
-        param = read_solver_param(source)
-    elif isinstance(param, SolverParameter):
-        copy = SolverParameter()
-        copy.CopyFrom(param)
-        param = upgrade_solver(copy, source or "<SolverParameter>")
-    else:
-        raise TypeError("get_solver needs a solver prototxt path or a SolverParameter")
+    param, source = load_solver_param(param, source)
     cls = SOLVERS.get(param.type)
     if cls is None:
         raise MiniCaffeError(f"{source or '<SolverParameter>'}: unknown solver type "

@@ -44,6 +44,19 @@ _LEGACY_TYPES = {SolverParameter.SGD: "SGD", SolverParameter.NESTEROV: "Nesterov
                  SolverParameter.ADADELTA: "AdaDelta", SolverParameter.ADAM: "Adam"}
 
 
+def load_solver_param(param, source=None):
+    """(SolverParameter, source path) from a solver prototxt path or a SolverParameter (copied
+    and upgraded, so the caller's message is never changed)."""
+    if isinstance(param, (str, os.PathLike)):
+        source = os.fspath(param)
+        return read_solver_param(source), source
+    if isinstance(param, SolverParameter):
+        copy = SolverParameter()
+        copy.CopyFrom(param)
+        return upgrade_solver(copy, source or "<SolverParameter>"), source
+    raise TypeError("a solver needs a solver prototxt path or a SolverParameter")
+
+
 class SolverAction:
     """What a signal asks the training loop to do after the current iteration."""
     NONE = "none"
@@ -101,15 +114,7 @@ class Solver:
     type = "SGD"
 
     def __init__(self, param, source=None):
-        if isinstance(param, (str, os.PathLike)):
-            source = os.fspath(param)
-            param = read_solver_param(source)
-        elif isinstance(param, SolverParameter):
-            copy = SolverParameter()
-            copy.CopyFrom(param)
-            param = upgrade_solver(copy, source or "<SolverParameter>")
-        else:
-            raise TypeError("a solver needs a solver prototxt path or a SolverParameter")
+        param, source = load_solver_param(param, source)
         self.param = param
         self.source = source
         self._where = source or "<SolverParameter>"
