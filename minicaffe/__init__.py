@@ -3,6 +3,13 @@
 ``import minicaffe as caffe`` gives the pycaffe surface: ``caffe.Net``, ``caffe.TRAIN``,
 ``caffe.set_mode_cpu()``, ``caffe.get_solver`` and friends.
 """
+import os
+
+# OpenBLAS's threads spin for ~2^28 cycles after each GEMM before they sleep; the compiled
+# kernels that run between GEMMs (im2col, pooling) then share the cores with spinning
+# threads and took up to 2x longer. 2^4 cycles makes them sleep at once. OpenBLAS reads this
+# when it loads, so it only applies when minicaffe is imported before NumPy (as the CLI is).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: F401
 from .blob import Blob  # noqa: F401
 from .errors import LayerError, MiniCaffeError, PrototxtError, ShapeError  # noqa: F401

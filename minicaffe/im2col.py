@@ -124,6 +124,19 @@ def to_padded_nhwc(x, padded, pad):
     return padded
 
 
+def im2col_nchw(x, col, kernel, stride, pad, dilation, out_hw):
+    """``im2col`` of ``x`` (N, G, Cg, H, W) zero-padded by ``pad``: the compiled CPU kernel
+    in one parallel pass where there is one, else ``to_padded_nhwc`` then ``im2col``."""
+    xp = backend.get_array_module(col)
+    fast = kernels.get("im2col", xp)
+    if fast is not None and hasattr(fast, "im2col_nchw"):
+        return fast.im2col_nchw(x, col, kernel, stride, pad, dilation, out_hw)
+    n, g, cg, h, w = x.shape
+    padded = workspace("padded").get(xp, (g, n, h + 2 * pad[0], w + 2 * pad[1], cg), x.dtype)
+    to_padded_nhwc(x, padded, pad)
+    return im2col(padded, col, kernel, stride, dilation, out_hw)
+
+
 def _windows(padded, kernel, stride, dilation, out_hw):
     """Strided view (G, N, OH, OW, KH, KW, Cg) of every window of ``padded``."""
     sg, sn, sh, sw, sc = padded.strides

@@ -63,6 +63,9 @@ class Layer:
     auto_top_blobs = False
     # Layers whose name ends with "Loss" get loss_weight 1 on top 0 unless told otherwise.
     is_loss = False
+    # False when the owner promises never to call backward (a solver's test nets): layers may
+    # then skip keeping copies of their inputs for gradients (Net.set_forward_only).
+    keeps_backward_state = True
 
     def __init__(self, param):
         self.layer_param = param

@@ -568,6 +568,13 @@ class Net:
                             f"mismatch, source {tuple(shape)} vs target {tuple(blob.shape)}")
                 blob.from_proto(bp, reshape=False)
 
+    def set_forward_only(self, forward_only=True):
+        """Promise that backward will not be called (a solver's test nets): layers then keep
+        no input copies for gradients (an in-place Scale's saved input, the size of its
+        activation). A backward that needs them fails with the layer's name."""
+        for layer in self.layers:
+            layer.keeps_backward_state = not forward_only
+
     def share_with(self, other):
         """Use ``other``'s parameter blobs (test nets share the train net's weights)."""
         for name, layer in zip(self._layer_names, self.layers):

@@ -12,3 +12,14 @@ def _cpu_mode_and_seed():
     minicaffe.set_mode_cpu()
     minicaffe.set_random_seed(1701)
     yield
+
+
+@pytest.fixture(params=["compiled", "array"])
+def kernel_path(request, monkeypatch):
+    """Runs a test on both CPU paths: numba kernels and the NumPy/CuPy array code
+    (``pytestmark = pytest.mark.usefixtures("kernel_path")`` in a module)."""
+    from minicaffe.kernels import cpu
+    if request.param == "compiled" and cpu.load("pooling") is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(cpu, "enabled", request.param == "compiled")
+    return request.param

@@ -5,6 +5,8 @@ import pytest
 from gradcheck import check_gradients, layer_param, setup_layer
 from minicaffe.errors import LayerError
 
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
 
 

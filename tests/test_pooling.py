@@ -11,14 +11,7 @@ from minicaffe.errors import LayerError
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
-@pytest.fixture(autouse=True, params=["compiled", "array"])
-def kernel_path(request, monkeypatch):
-    """Every test runs on both paths: numba kernels and the NumPy/CuPy array code."""
-    from minicaffe.kernels import cpu
-    if request.param == "compiled" and cpu.load("pooling") is None:
-        pytest.skip("numba is not installed")
-    monkeypatch.setattr(cpu, "enabled", request.param == "compiled")
-    return request.param
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 
 def pool_text(settings):

@@ -268,3 +268,38 @@ def test_scale_keeps_input_copy_only_in_place(shape):
         else:
             assert kept < 0.5 * act, (in_place, learned, kept)
         np.testing.assert_allclose(top[0].xdata, x, rtol=1e-7)   # scale 1
+
+
+def test_forward_only_net_keeps_no_copy_and_backward_says_why():
+    """A solver's test nets are forward-only: an in-place Scale keeps no input copy there,
+    and a backward that would need it fails with the layer's name."""
+    from minicaffe.net import TRAIN, Net
+    from minicaffe.io.prototxt import parse_text
+    from minicaffe.proto import caffe_pb2
+    text = '''
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 8 dim: 4 dim: 16 dim: 16 } } }
+    layer { name: "sc" type: "Scale" bottom: "x" top: "x" }
+    layer { name: "loss" type: "Reduction" bottom: "x" top: "loss" loss_weight: 1 }
+    '''
+    shape = (8, 4, 16, 16)
+    for forward_only in (False, True):
+        net = Net(parse_text(text, caffe_pb2.NetParameter()), phase=TRAIN)
+        net.set_forward_only(forward_only)
+        net.blobs["x"].data[...] = rand(*shape, seed=3)
+        tracemalloc.start()
+        try:
+            net.forward()
+            kept, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        act = rand(*shape).astype(np.float32).nbytes
+        if not forward_only:
+            assert kept >= act
+            net.backward()
+            # loss = sum(s[c] * x[:, c]): the scale gradient of channel c is sum(x[:, c])
+            want = rand(*shape, seed=3).astype(np.float64).sum(axis=(0, 2, 3))
+            np.testing.assert_allclose(net.params["sc"][0].diff, want, rtol=1e-4)
+        else:
+            assert kept < 0.5 * act
+            with pytest.raises(LayerError, match="sc.*forward-only"):
+                net.backward()

@@ -14,15 +14,21 @@ A tool, not a test. Rows (float32, batch 100 unless said):
   1000), in a child process, next to a PyTorch child that does the same work.
 
 With torch installed (``pip install torch==2.13.0``; never a minicaffe dependency) the same
-network runs in PyTorch in this process, both NCHW and channels-last, timed round by round
-with ours so that all meet the same load (the machine is shared), and every row shows ours /
-PyTorch's best layout / ratio. Figures are medians (train, forward) of the rounds.
+network runs in PyTorch, channels-last and NCHW, and every row shows ours / PyTorch's best
+layout / ratio. Each side is timed in its own child process, never two in one: sharing a
+process, torch's thread pools and memory slowed minicaffe's training iteration by ~30 %. The
+parent runs the children one right after the other for ``--pairs`` passes (ours, PyTorch
+NHWC, PyTorch NCHW, ours, ...), so all meet the same load (the machine is shared), and pools
+their samples; figures are medians of the pooled samples.
 
-Usage: python tools/benchmark.py [--rounds N] [--no-torch] [--no-data] [--no-rss] [--quick]
+Usage: python tools/benchmark.py [--rounds N] [--pairs K] [--no-torch] [--no-data] [--no-rss]
+                                 [--quick]
 Needs data/cifar10 (``python -m minicaffe data cifar10`` / tools/get_cifar10.py) for the Data
 row and the RSS row; those rows are skipped with a message without it.
 """
 import argparse
+import importlib.metadata
+import json
 import os
 import resource
 import statistics
@@ -31,15 +37,31 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
+# minicaffe before NumPy: it sets OpenBLAS's thread timeout, read when OpenBLAS loads. Importing
+# it loads no compiled kernel, so the OpenMP wait policy those kernels set when they load never
+# reaches the torch children, which build no minicaffe net.
+import minicaffe  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "cifar10_bn", "train_val.prototxt")
 DATA_DIR = os.path.join(ROOT, "data", "cifar10")
 THREADS = 2
 BN_GROUPS = {"scale": "bn", "bias": "bn"}   # scaleN / biasN are timed in the row of bnN
+SKIP_ROWS = ("input", "label_input")
+SIDES = ("ours", "torch-cl", "torch-nchw")
+
+
+def layer_sample(keys, fwd, bwd):
+    """One per-layer sample as {"<row> fwd": s, "<row> bwd": s, ...} in layer order; layers
+    sharing a row add up."""
+    out = {}
+    for key, f, b in zip(keys, fwd, bwd):
+        for label, v in (("fwd", f), ("bwd", b)):
+            out[f"{key} {label}"] = out.get(f"{key} {label}", 0.0) + v
+    return out
 
 
 # ------------------------------------------------------------------------------- minicaffe
@@ -114,12 +136,46 @@ class OursPerLayer:
                 bwd[i] = clock() - t0
         return fwd, bwd
 
+    def sample(self):
+        kept = [(row_name(n), f, b) for n, f, b in zip(self.names, *self.run())
+                if row_name(n) not in SKIP_ROWS]
+        return layer_sample(*zip(*kept))
+
 
 def row_name(name):
     for prefix, group in BN_GROUPS.items():
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             return group + name[len(prefix):]
     return name
+
+
+class Ours:
+    """The example in minicaffe: a solver on the Input-layer train net, and the TEST net at
+    batch 1000 sharing its weights (built on first use)."""
+
+    def __init__(self):
+        quiet_logs()
+        self.solver = make_solver(net_param_with_inputs(100, minicaffe.TRAIN))
+        fill_inputs(self.solver.net)
+        self.per_layer = OursPerLayer(self.solver.net).sample
+        self.test_net = None
+
+    def train_step(self):
+        self.solver.step(1)
+
+    def forward_test(self):
+        if self.test_net is None:
+            from minicaffe.net import TEST, Net
+            self.test_net = Net(net_param_with_inputs(1000, TEST), phase=TEST)
+            self.test_net.share_with(self.solver.net)
+            fill_inputs(self.test_net, seed=1)
+        self.test_net.forward()
+
+    def data_rounds(self, n):
+        """The real Data-layer net's iteration and the Input-layer one, interleaved."""
+        dsolver = make_solver(net_path=MODEL)   # data paths relative to ROOT, the child's cwd
+        return rounds({"data": lambda: dsolver.step(1), "data_input": self.train_step}, n,
+                      warmup=3)
 
 
 # ------------------------------------------------------------------------------- PyTorch
@@ -169,6 +225,9 @@ class Torch:
         with torch.inference_mode():
             self.net(self.x_eval)
 
+    def forward_test(self):
+        self.eval_forward(1000)
+
     def per_layer(self):
         """Forward and backward of each module on its own (graph cut between modules; conv1
         computes no input gradient), the loss as the last row; flatten counts into ip1."""
@@ -192,12 +251,16 @@ class Torch:
             tb[i] = time.perf_counter() - t0
             g = ins[i].grad
         self.net.zero_grad(set_to_none=True)
-        fwd, bwd = {}, {}
-        for (name, _), a, b in zip(mods, tf, tb):
-            key = "ip1" if name == "flatten" else name
-            fwd[key] = fwd.get(key, 0.0) + a
-            bwd[key] = bwd.get(key, 0.0) + b
-        return fwd, bwd
+        keys = ["ip1" if name == "flatten" else name for name, _ in mods]
+        return layer_sample(keys, tf, tb)
+
+
+def torch_version():
+    """The installed torch's version, read without importing it into this process."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # ------------------------------------------------------------------------------- timing
@@ -213,6 +276,17 @@ def rounds(candidates, n, warmup=2):
             t0 = time.perf_counter()
             fn()
             out[k].append(time.perf_counter() - t0)
+    return out
+
+
+def sample_rounds(fn, n, warmup=2):
+    """``n`` calls of ``fn`` (returning name -> seconds) after ``warmup``; name -> list."""
+    for _ in range(warmup):
+        fn()
+    out = {}
+    for _ in range(n):
+        for k, v in fn().items():
+            out.setdefault(k, []).append(v)
     return out
 
 
@@ -236,15 +310,93 @@ class Table:
             self.lines.append(f"| {name} | {ours:.2f} {unit} |")
             return
         fmt = (lambda v: "—" if v is None else f"{v:.2f} {unit}")
-        best = ref if ref is not None else min(v for v in (t_cl, t_nchw) if v is not None)
-        self.lines.append(f"| {name} | {fmt(ours)} | {fmt(t_cl)} | {fmt(t_nchw)} | "
-                          f"{ours / best:.2f}× |")
+        best = ref if ref is not None else min((v for v in (t_cl, t_nchw) if v is not None),
+                                               default=None)
+        ratio = "" if best is None else f"{ours / best:.2f}×"
+        self.lines.append(f"| {name} | {fmt(ours)} | {fmt(t_cl)} | {fmt(t_nchw)} | {ratio} |")
 
     def show(self):
         print(self.header())
         for line in self.lines:
             print(line)
         print(flush=True)
+
+
+# ------------------------------------------------------------------------------- timing children
+def side_child(side, n, with_data):
+    """Measure one side (``ours``, ``torch-cl`` or ``torch-nchw``) in this process and print
+    its raw samples (seconds) as one ``RESULT {json}`` line."""
+    # Torch builds its model (importing torch) first; ours is never built next to it.
+    w = Ours() if side == "ours" else Torch(channels_last=side == "torch-cl")
+    timings = rounds({"train": w.train_step}, n, warmup=3)
+    if side == "ours" and with_data:
+        timings.update(w.data_rounds(n))
+    timings.update(rounds({"forward": w.forward_test}, max(3, n // 3), warmup=1))
+    layers = sample_rounds(w.per_layer, n)
+    print("RESULT " + json.dumps({"timings": timings, "layers": layers,
+                                  "peak_mib": own_peak_mib()}), flush=True)
+    return 0
+
+
+def run_side(side, n, with_data):
+    """Run ``side_child`` in a fresh process (cwd ROOT: the prototxt's data paths are relative
+    to the repository); return its result dict."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--rounds", str(n)]
+    if not with_data:
+        cmd.append("--no-data")
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.decode(errors="replace")
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise SystemExit(f"{side} child failed ({proc.returncode}):\n{out[-2000:]}")
+
+
+def measure(sides, pairs, n, with_data):
+    """``pairs`` passes over ``sides``, one child each, one right after the other; returns
+    side -> {"timings": name -> samples, "layers": row -> samples, "peak_mib": max}."""
+    pooled = {s: {"timings": {}, "layers": {}, "peak_mib": 0.0} for s in sides}
+    for p in range(pairs):
+        print(f"pass {p + 1}/{pairs}:", end="", flush=True)
+        for side in sides:
+            print(f" {side}", end="", flush=True)
+            res, into = run_side(side, n, with_data), pooled[side]
+            for part in ("timings", "layers"):
+                for k, v in res[part].items():
+                    into[part].setdefault(k, []).extend(v)
+            into["peak_mib"] = max(into["peak_mib"], res["peak_mib"])
+        print(flush=True)
+    return pooled
+
+
+def fill_table(table, pooled):
+    def med(side, part, key):
+        vals = pooled.get(side, {}).get(part, {}).get(key)
+        return med_ms(vals) if vals else None
+
+    def add(name, part, key):
+        vals = [med(s, part, key) for s in SIDES]
+        table.add(name, *vals)
+        return vals
+
+    add("train iteration, batch 100 (Input layers)", "timings", "train")
+    if "data" in pooled["ours"]["timings"]:
+        d, i = med("ours", "timings", "data"), med("ours", "timings", "data_input")
+        if table.torch_cols:
+            table.lines.append(f"| train iteration, batch 100 (Data layer, prefetch) | "
+                               f"{d:.2f} ms | | | {d / i:.3f}× of Input-layer ({i:.2f} ms) |")
+        else:
+            table.lines.append(f"| train iteration (Data layer) | {d:.2f} ms "
+                               f"({d / i:.3f}× Input) |")
+    add("forward, batch 1000 (TEST)", "timings", "forward")
+    sums = [0.0, 0.0, 0.0]
+    for key in pooled["ours"]["layers"]:
+        o, a, b = add(key, "layers", key)
+        sums[0] += o
+        if a is not None and b is not None:
+            sums[1] += a
+            sums[2] += b
+    table.add("sum of layers", *sums)
 
 
 # ------------------------------------------------------------------------------- RSS children
@@ -300,161 +452,71 @@ def rss_child(which, iters):
 
 
 # ------------------------------------------------------------------------------- main
+def add_rss_row(table, iters, with_torch):
+    rc, ours_mib, tail = child_rss("ours", iters)
+    if rc != 0 or ours_mib is None:
+        print(f"minicaffe train failed ({rc}):\n{tail}")
+        ours_mib = float("nan")
+    t_mib = None
+    if with_torch:
+        rc2, t_mib, tail2 = child_rss("torch", iters)
+        if rc2 != 0:
+            print(f"torch child failed ({rc2}):\n{tail2}")
+            t_mib = None
+    what = f"peak RSS, train {iters} iters + 2 tests of 10×1000"
+    if t_mib is not None:
+        table.lines.append(f"| {what} | {ours_mib:.0f} MiB | {t_mib:.0f} MiB | | "
+                           f"{ours_mib / t_mib:.2f}× |")
+    else:
+        table.lines.append(f"| {what} | {ours_mib:.0f} MiB |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=20, help="timed rounds per row (default 20)")
+    ap.add_argument("--rounds", type=int, default=20,
+                    help="timed rounds per row, all passes together (default 20)")
+    ap.add_argument("--pairs", type=int, default=2,
+                    help="passes over the sides, each a fresh process per side (default 2)")
     ap.add_argument("--quick", action="store_true", help="5 rounds, no RSS row")
     ap.add_argument("--no-torch", action="store_true", help="minicaffe only")
     ap.add_argument("--no-data", action="store_true", help="skip the Data-layer row")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak RSS row")
     ap.add_argument("--rss-iters", type=int, default=50)
     ap.add_argument("--rss-child", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child is not None:
         return rss_child(args.rss_child[0], int(args.rss_child[1]))
+    if args.side is not None:
+        return side_child(args.side, args.rounds, not args.no_data)
     if args.quick:
         args.rounds, args.no_rss = 5, True
 
-    quiet_logs()
-    import minicaffe
-    from minicaffe.net import TEST, TRAIN, Net
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-        except ImportError:
-            print("torch is not installed: minicaffe figures only (pip install torch==2.13.0)")
+    tv = None if args.no_torch else torch_version()
+    if not args.no_torch and tv is None:
+        print("torch is not installed: minicaffe figures only (pip install torch==2.13.0)")
     have_data = os.path.isdir(os.path.join(DATA_DIR, "cifar10_train_lmdb"))
-    print(f"minicaffe {getattr(minicaffe, '__version__', '?')}, numpy {np.__version__}"
-          + (f", torch {torch.__version__} ({THREADS} threads)" if torch else "")
-          + f", {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    print(f"rounds: {args.rounds} (median)\n", flush=True)
-    table = Table(torch is not None)
-
-    # -- training iteration, Input layers ------------------------------------------------
-    solver = make_solver(net_param_with_inputs(100, minicaffe.TRAIN))
-    fill_inputs(solver.net)
-    cands = {"ours": lambda: solver.step(1)}
-    if torch is not None:
-        t_cl, t_nchw = Torch(True), Torch(False)
-        cands["cl"], cands["nchw"] = t_cl.train_step, t_nchw.train_step
-    r = rounds(cands, args.rounds, warmup=3)
-    train_ours = med_ms(r["ours"])
-    if torch is not None:
-        table.add("train iteration, batch 100 (Input layers)", train_ours, med_ms(r["cl"]),
-                  med_ms(r["nchw"]))
-    else:
-        table.add("train iteration, batch 100 (Input layers)", train_ours)
-
-    # -- training iteration, Data layer --------------------------------------------------
-    if not args.no_data and have_data:
-        cwd = os.getcwd()
-        os.chdir(ROOT)    # the prototxt's data paths are relative to the repository
-        try:
-            dsolver = make_solver(net_path=MODEL)
-            r2 = rounds({"data": lambda: dsolver.step(1), "input": lambda: solver.step(1)},
-                        args.rounds, warmup=3)
-        finally:
-            os.chdir(cwd)
-        d, i = med_ms(r2["data"]), med_ms(r2["input"])
-        line = f"| train iteration, batch 100 (Data layer, prefetch) | {d:.2f} ms |"
-        if torch is not None:
-            line += f" | | {d / i:.3f}× of Input-layer ({i:.2f} ms) |"
-        else:
-            line = f"| train iteration (Data layer) | {d:.2f} ms ({d / i:.3f}× Input) |"
-        table.lines.append(line)
-        del dsolver
-    elif not args.no_data:
+    with_data = not args.no_data and have_data
+    if not args.no_data and not have_data:
         print(f"(no {DATA_DIR}/cifar10_train_lmdb: Data-layer row skipped)")
+    pairs = max(1, args.pairs)
+    per_child = max(3, -(-args.rounds // pairs))
+    print(f"minicaffe {getattr(minicaffe, '__version__', '?')}, numpy {np.__version__}"
+          + (f", torch {tv} ({THREADS} threads)" if tv else "")
+          + f", {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print("OPENBLAS_THREAD_TIMEOUT=" + os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"))
+    print(f"rounds: {per_child * pairs} (median; {pairs} passes of {per_child} per side, "
+          "one process per side and pass)\n", flush=True)
 
-    # -- forward at batch 1000 -----------------------------------------------------------
-    test_net = Net(net_param_with_inputs(1000, TEST), phase=TEST)
-    test_net.share_with(solver.net)
-    fill_inputs(test_net, seed=1)
-    cands = {"ours": test_net.forward}
-    if torch is not None:
-        cands["cl"] = lambda: t_cl.eval_forward(1000)
-        cands["nchw"] = lambda: t_nchw.eval_forward(1000)
-    r = rounds(cands, max(3, args.rounds // 3), warmup=1)
-    if torch is not None:
-        table.add("forward, batch 1000 (TEST)", med_ms(r["ours"]), med_ms(r["cl"]),
-                  med_ms(r["nchw"]))
-    else:
-        table.add("forward, batch 1000 (TEST)", med_ms(r["ours"]))
-    del test_net, cands, r
-
-    # -- per layer -----------------------------------------------------------------------
-    per = OursPerLayer(solver.net)
-    cands = {"ours": per.run}
-    if torch is not None:
-        cands["cl"], cands["nchw"] = t_cl.per_layer, t_nchw.per_layer
-    samples = {k: [] for k in cands}
-    for _ in range(2):
-        for fn in cands.values():
-            fn()
-    for _ in range(args.rounds):
-        for k, fn in cands.items():
-            samples[k].append(fn())
-    rows = []
-    for name in per.names:
-        key = row_name(name)
-        if key not in rows and key not in ("input", "label_input"):
-            rows.append(key)
-
-    def ours_row(key, which):
-        vals = []
-        for fwd, bwd in samples["ours"]:
-            t = fwd if which == 0 else bwd
-            vals.append(sum(v for n, v in zip(per.names, t) if row_name(n) == key))
-        return med_ms(vals)
-
-    def torch_row(k, key, which):
-        vals = [s[which].get(key) for s in samples[k]]
-        return None if vals[0] is None else med_ms(vals)
-
-    sums = {k: 0.0 for k in ("ours", "cl", "nchw")}
-    for key in rows:
-        if key == "input":
-            continue
-        for which, label in ((0, "fwd"), (1, "bwd")):
-            o = ours_row(key, which)
-            sums["ours"] += o
-            if torch is not None:
-                a, b = torch_row("cl", key, which), torch_row("nchw", key, which)
-                if a is None:
-                    table.lines.append(f"| {key} {label} | {o:.2f} ms | — | — | |")
-                    continue
-                sums["cl"] += a
-                sums["nchw"] += b
-                table.add(f"{key} {label}", o, a, b)
-            else:
-                table.add(f"{key} {label}", o)
-    if torch is not None:
-        table.add("sum of layers", sums["ours"], sums["cl"], sums["nchw"])
-    else:
-        table.add("sum of layers", sums["ours"])
-
-    # -- peak RSS ------------------------------------------------------------------------
+    sides = SIDES if tv else SIDES[:1]
+    pooled = measure(sides, pairs, per_child, with_data)
+    table = Table(tv is not None)
+    fill_table(table, pooled)
     if not args.no_rss and have_data:
-        rc, ours_mib, tail = child_rss("ours", args.rss_iters)
-        if rc != 0 or ours_mib is None:
-            print(f"minicaffe train failed ({rc}):\n{tail}")
-            ours_mib = float("nan")
-        t_mib = None
-        if torch is not None:
-            rc2, t_mib, tail2 = child_rss("torch", args.rss_iters)
-            if rc2 != 0:
-                print(f"torch child failed ({rc2}):\n{tail2}")
-                t_mib = None
-        what = f"peak RSS, train {args.rss_iters} iters + 2 tests of 10×1000"
-        if t_mib is not None:
-            table.lines.append(f"| {what} | {ours_mib:.0f} MiB | {t_mib:.0f} MiB | | "
-                               f"{ours_mib / t_mib:.2f}× |")
-        else:
-            table.lines.append(f"| {what} | {ours_mib:.0f} MiB |")
-    print(f"this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
-          " MiB (torch included when loaded)\n")
+        add_rss_row(table, args.rss_iters, tv is not None)
+    print("timing processes, peak RSS: "
+          + ", ".join(f"{s} {pooled[s]['peak_mib']:.0f} MiB" for s in sides) + "\n")
     table.show()
     return 0
 

@@ -198,13 +198,11 @@ class _ConvolutionBase(Layer):
         """im2col of ``image`` (n, Ci, Hi, Wi): (G, n*Ho*Wo, kh*kw*Ci/G)."""
         xp = self.xp_of(self.blobs[0])
         n = image.shape[0]
-        g, (h, w), (ph, pw) = self.group, self.img_hw, self.pad
-        padded = cols.workspace("padded").get(xp, (g, n, h + 2 * ph, w + 2 * pw, self.cg_in),
-                                              image.dtype)
-        cols.to_padded_nhwc(image.reshape(n, g, self.cg_in, h, w), padded, self.pad)
+        g, (h, w) = self.group, self.img_hw
         col = self._col_buffer(xp, n, self.res_hw[0] * self.res_hw[1], self.cg_in, image.dtype,
                                own)
-        return cols.im2col(padded, col, self.kernel, self.stride, self.dilation, self.res_hw)
+        return cols.im2col_nchw(image.reshape(n, g, self.cg_in, h, w), col, self.kernel,
+                                self.stride, self.pad, self.dilation, self.res_hw)
 
     def _response(self, col, res, bias=None):
         """res (n, Co, Ho, Wo) = W @ col^T (+ bias)."""
@@ -244,13 +242,10 @@ class _ConvolutionBase(Layer):
         (h, w), (oh, ow) = self.img_hw, self.res_hw
         kh, kw = self.kernel
         if self.flipped:
-            fh, fw = self.flip_pad
-            padded = cols.workspace("padded").get(
-                xp, (g, n, oh + 2 * fh, ow + 2 * fw, self.cg_out), res.dtype)
-            cols.to_padded_nhwc(res.reshape(n, g, self.cg_out, oh, ow), padded, self.flip_pad)
             col = self._col_buffer(xp, n, h * w, self.cg_out, res.dtype,
                                    own=self.keep_cols)
-            cols.im2col(padded, col, self.kernel, (1, 1), self.dilation, (h, w))
+            cols.im2col_nchw(res.reshape(n, g, self.cg_out, oh, ow), col, self.kernel, (1, 1),
+                             self.flip_pad, self.dilation, (h, w))
             self._cached = None
             rows = cols.workspace("img_rows").get(xp, (g, self.cg_in, n * h * w), res.dtype)
             xp.matmul(self._weights_flipped(xp), col.transpose(0, 2, 1), out=rows)

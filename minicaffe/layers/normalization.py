@@ -414,7 +414,8 @@ class ScaleLayer(_AxisParamLayer):
         Y = bc.view(top[0].xdata)
         in_place = top[0] is bottom[0]
         fused = self._fused(bottom)
-        need_input = len(bottom) == 2 or self.param_propagate_down[0]
+        need_input = (len(bottom) == 2 or self.param_propagate_down[0]) and \
+            self.keeps_backward_state
         self._saved_valid = in_place and need_input
         if self._saved_valid:
             self._saved = _scratch(self._saved, bc.shape, X)
@@ -434,7 +435,8 @@ class ScaleLayer(_AxisParamLayer):
         if top[0] is bottom[0]:
             if not self._saved_valid:
                 self.fail("the scale gradient needs the input, which was not kept by the "
-                          "in-place forward (param_propagate_down changed after forward)")
+                          "in-place forward (param_propagate_down changed after forward, or "
+                          "the net was set forward-only)")
             return self._saved
         return bottom[0].xdata
 
@@ -471,8 +473,9 @@ class ScaleLayer(_AxisParamLayer):
         if need_scale:
             if top[0] is bottom[0]:
                 if not self._saved_valid:
-                    self.fail("the scale gradient needs the input, which was not kept by the "
-                              "in-place forward (param_propagate_down changed after forward)")
+                    self.fail("the scale gradient needs the input, which was not kept by "
+                              "the in-place forward (param_propagate_down changed after "
+                              "forward, or the net was set forward-only)")
                 x = self._saved
             else:
                 x = bc.view(bottom[0].xdata)

@@ -128,6 +128,7 @@ class Solver:
         self.test_nets = self._init_test_nets()
         for tnet in self.test_nets:
             tnet.share_with(self.net)
+            tnet.set_forward_only()
         for w in param.weights:
             self.copy_weights(w)
         log.info("Solver scaffolding done.")

@@ -1,0 +1,79 @@
+"""Column kernels (numba, CPU), one image per parallel task, in the channels-last column
+layout of ``minicaffe.im2col``:
+
+    col[g, (n, oh, ow), (i, j, c)] = padded[g, n, oh*sh + i*dh, ow*sw + j*dw, c]
+
+* ``col2im(col, padded, kernel, stride, dilation, out_hw)``: as the CUDA family
+  ``minicaffe.kernels.cuda.im2col`` (strided convolutions' image gradient);
+* ``im2col_nchw(x, col, kernel, stride, pad, dilation, out_hw)``: the columns straight from
+  the layer's (N, G, Cg, H, W) input, each image padded and turned channels last in a small
+  per-task buffer that stays in cache. This replaces the whole-batch padded copy and the
+  strided copy (two passes over memory, one core) with one parallel pass.
+
+Why compiled: the NumPy versions copy runs of only KW*Cg values (15 for a 5x5 kernel over RGB)
+and col2im is KH*KW strided additions; here each image is one task for both cores. (The
+padded-input ``im2col`` of the CUDA family has no CPU twin: ``im2col_nchw`` takes its place.)
+"""
+import numba
+import numpy as np
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _nchw_kernel(x, col, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
+    n_img, g_n, cg, h, w = x.shape
+    run = kw * cg
+    for n in numba.prange(n_img):
+        tmp = np.zeros((h + 2 * ph, (w + 2 * pw) * cg), dtype=x.dtype)
+        for g in range(g_n):
+            for c in range(cg):
+                for y in range(h):
+                    for z in range(w):
+                        tmp[y + ph, (z + pw) * cg + c] = x[n, g, c, y, z]
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    r = (n * oh_n + oh) * ow_n + ow
+                    for i in range(kh):
+                        y = oh * sh + i * dh
+                        if dw == 1:
+                            z0 = ow * sw * cg
+                            col[g, r, i * run:(i + 1) * run] = tmp[y, z0:z0 + run]
+                        else:
+                            for j in range(kw):
+                                z0 = (ow * sw + j * dw) * cg
+                                b = (i * kw + j) * cg
+                                col[g, r, b:b + cg] = tmp[y, z0:z0 + cg]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _col2im_kernel(col, padded, kh, kw, sh, sw, dh, dw, oh_n, ow_n):
+    g_n, n_img, hp, wp, cg = padded.shape
+    for n in numba.prange(n_img):
+        for g in range(g_n):
+            padded[g, n] = 0
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    r = (n * oh_n + oh) * ow_n + ow
+                    for i in range(kh):
+                        for j in range(kw):
+                            b = (i * kw + j) * cg
+                            padded[g, n, oh * sh + i * dh, ow * sw + j * dw] += col[g, r, b:b + cg]
+
+
+def _cols3(col, padded_shape, kernel, out_hw):
+    g, n = padded_shape[:2]
+    return col.reshape(g, n * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * padded_shape[-1])
+
+
+def col2im(col, padded, kernel, stride, dilation, out_hw):
+    _col2im_kernel(_cols3(col, padded.shape, kernel, out_hw), padded, kernel[0], kernel[1],
+                   stride[0], stride[1], dilation[0], dilation[1], out_hw[0], out_hw[1])
+    return padded
+
+
+def im2col_nchw(x, col, kernel, stride, pad, dilation, out_hw):
+    """col (G, N*OH*OW, KH*KW*Cg) from x (N, G, Cg, H, W), zero outside x."""
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    _nchw_kernel(x, col, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1],
+                 dilation[0], dilation[1], out_hw[0], out_hw[1])
+    return col
