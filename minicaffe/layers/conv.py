@@ -19,8 +19,10 @@ padded by d(k-1) - p, with W' -- one more im2col and GEMM of the same shape as f
 
 Memory: the columns are the big buffer (kh*kw times the image). A TRAIN-phase layer keeps its
 own whole-batch columns from forward to backward (for dW) when they take at most
-``KEEP_COLS_BYTES``; otherwise (and always in TEST phase) the batch is processed in chunks
-of at most ``CHUNK_BYTES`` of columns through buffers shared by all layers of the thread.
+``KEEP_COLS_BYTES``; otherwise (and always in TEST phase or a forward-only net) the batch is
+processed in chunks of at most ``CHUNK_BYTES`` of columns through buffers shared by all layers
+of the thread. The image gradient's columns are chunked on their own, and only built when the
+bottom needs a gradient.
 """
 from .. import im2col as cols
 from ..proto import caffe_pb2
@@ -28,7 +30,7 @@ from ..errors import ShapeError
 from ..layer import Layer, register
 
 KEEP_COLS_BYTES = 32 << 20
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 16 << 20
 
 
 def init_param_blobs(layer, specs):
@@ -162,15 +164,23 @@ class _ConvolutionBase(Layer):
         self.flip_pad = tuple(self.dilation[d] * (self.kernel[d] - 1) - self.pad[d]
                               for d in range(2))
         self.flipped = self.stride == (1, 1) and min(self.flip_pad) >= 0
-        per_image = res_len * kk * self.conv_in
-        if self.flipped:
-            per_image = max(per_image, img_len * kk * self.conv_out)
-        per_image *= first.dtype.itemsize
-        whole = self.num * per_image <= KEEP_COLS_BYTES
-        self.keep_cols = whole and self.phase == caffe_pb2.TRAIN
-        self.chunk = self.num if self.keep_cols else \
-            max(1, min(self.num, CHUNK_BYTES // max(per_image, 1)))
+        # Two column buffers with their own chunking: the response's columns (forward and
+        # dW of Convolution, backward of Deconvolution) and the image side's (the image
+        # gradient of Convolution, forward of Deconvolution), flipped or strided. A layer
+        # whose bottom needs no gradient (conv1) never builds the second kind.
+        itemsize = first.dtype.itemsize
+        col_image = res_len * kk * self.conv_in * itemsize
+        img_image = (img_len * kk * self.conv_out if self.flipped else
+                     res_len * kk * self.conv_in) * itemsize
+        self.keep_cols = (not self.reverse and self.phase == caffe_pb2.TRAIN and
+                          self.keeps_backward_state and
+                          self.num * col_image <= KEEP_COLS_BYTES)
+        self.chunk = self.num if self.keep_cols else self._chunk_for(col_image)
+        self.img_chunk = self._chunk_for(img_image)
         self._cached = None
+
+    def _chunk_for(self, per_image):
+        return max(1, min(self.num, CHUNK_BYTES // max(per_image, 1)))
 
     # -- building blocks, on a chunk of n images ----------------------------------------------
     def _weights_rows(self, xp):
@@ -242,19 +252,16 @@ class _ConvolutionBase(Layer):
         (h, w), (oh, ow) = self.img_hw, self.res_hw
         kh, kw = self.kernel
         if self.flipped:
-            col = self._col_buffer(xp, n, h * w, self.cg_out, res.dtype,
-                                   own=self.keep_cols)
+            col = self._col_buffer(xp, n, h * w, self.cg_out, res.dtype, own=False)
             cols.im2col_nchw(res.reshape(n, g, self.cg_out, oh, ow), col, self.kernel, (1, 1),
                              self.flip_pad, self.dilation, (h, w))
-            self._cached = None
             rows = cols.workspace("img_rows").get(xp, (g, self.cg_in, n * h * w), res.dtype)
             xp.matmul(self._weights_flipped(xp), col.transpose(0, 2, 1), out=rows)
             img.reshape(n, g, self.cg_in, h * w)[...] = \
                 rows.reshape(g, self.cg_in, n, h * w).transpose(2, 0, 1, 3)
             return
         # Strided: columns W^T @ res, then summed back to the pixels they came from.
-        col = self._col_buffer(xp, n, oh * ow, self.cg_in, res.dtype, own=self.keep_cols)
-        self._cached = None
+        col = self._col_buffer(xp, n, oh * ow, self.cg_in, res.dtype, own=False)
         xp.matmul(self._response_rows(res).transpose(0, 2, 1), self._weights_rows(xp), out=col)
         ph, pw = self.pad
         padded = cols.workspace("padded").get(xp, (g, n, h + 2 * ph, w + 2 * pw, self.cg_in),
@@ -263,9 +270,10 @@ class _ConvolutionBase(Layer):
         img.reshape(n, g, self.cg_in, h, w)[...] = \
             padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 4, 2, 3)
 
-    def _chunks(self):
-        for a in range(0, self.num, self.chunk):
-            yield slice(a, min(self.num, a + self.chunk))
+    def _chunks(self, size=None):
+        size = size or self.chunk
+        for a in range(0, self.num, size):
+            yield slice(a, min(self.num, a + size))
 
     def _batch(self, arr, shape_hw, channels):
         return arr.reshape((self.num, channels) + tuple(shape_hw))
@@ -304,20 +312,20 @@ class ConvolutionLayer(_ConvolutionBase):
                 continue
             x = self._batch(bottom[i].xdata, self.img_hw, self.conv_in)
             dy = self._batch(top[i].xdiff, self.res_hw, self.conv_out)
-            dx = self._batch(bottom[i].xdiff, self.img_hw, self.conv_in) \
-                if propagate_down[i] else None
-            for s in self._chunks():
-                if want_w:
-                    if self._cached == i:    # kept from forward (whole batch)
-                        col = self._col_buffer(self.xp_of(self.blobs[0]), self.num,
-                                               self.res_hw[0] * self.res_hw[1], self.cg_in,
-                                               dy.dtype, own=True)
-                    else:
-                        col = self._columns(x[s], own=self.keep_cols)
-                    self._accumulate_weight_diff(col, self._response_rows(dy[s]))
-                if dx is not None:
-                    self._image_from_response(dy[s], dx[s])
+            if want_w and self._cached == i:    # columns kept from forward (whole batch)
+                col = self._col_buffer(self.xp_of(self.blobs[0]), self.num,
+                                       self.res_hw[0] * self.res_hw[1], self.cg_in,
+                                       dy.dtype, own=True)
+                self._accumulate_weight_diff(col, self._response_rows(dy))
+            elif want_w:
+                for s in self._chunks():
+                    self._accumulate_weight_diff(self._columns(x[s], own=self.keep_cols),
+                                                 self._response_rows(dy[s]))
             self._cached = None
+            if propagate_down[i]:
+                dx = self._batch(bottom[i].xdiff, self.img_hw, self.conv_in)
+                for s in self._chunks(self.img_chunk):
+                    self._image_from_response(dy[s], dx[s])
 
 
 @register("Deconvolution")
@@ -334,7 +342,7 @@ class DeconvolutionLayer(_ConvolutionBase):
         for b, t in zip(bottom, top):
             x = self._batch(b.xdata, self.res_hw, self.conv_out)
             y = self._batch(t.xdata, self.img_hw, self.conv_in)
-            for s in self._chunks():
+            for s in self._chunks(self.img_chunk):
                 self._image_from_response(x[s], y[s])
             if self.bias_term:
                 t3 = t.xdata.reshape(self.num, self.num_output, -1)
@@ -350,7 +358,7 @@ class DeconvolutionLayer(_ConvolutionBase):
             x = self._batch(bottom[i].xdata, self.res_hw, self.conv_out)
             dx = self._batch(bottom[i].xdiff, self.res_hw, self.conv_out)
             for s in self._chunks():
-                col = self._columns(dy[s], own=self.keep_cols)
+                col = self._columns(dy[s])
                 if want_w:
                     self._accumulate_weight_diff(col, self._response_rows(x[s]))
                 if propagate_down[i]:
