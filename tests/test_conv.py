@@ -313,11 +313,14 @@ def test_conv_in_chunks_matches_direct_loops_and_gradients(tiny_chunks, case, ph
 
 def test_conv_keeps_whole_batch_columns_only_in_train_phase():
     x = np.zeros((4, 2, 6, 6))
-    train, _, _ = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3")), [x])
+    train, bottom, top = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3")), [x])
     test, _, _ = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3") +
                                          " phase: TEST"), [x])
     assert train.keep_cols and train.chunk == 4
     assert not test.keep_cols
+    train.keeps_backward_state = False          # Net.set_forward_only
+    train.reshape(bottom, top)
+    assert not train.keep_cols
 
 
 @pytest.mark.parametrize("case", sorted(DECONV_CASES))
