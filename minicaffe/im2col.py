@@ -151,10 +151,11 @@ def im2col(padded, col, kernel, stride, dilation, out_hw):
 
         col[g, (n, oh, ow), (i, j, c)] = padded[g, n, oh*sh + i*dh, ow*sw + j*dw, c]
 
-    One strided copy; each window row is KH runs of KW*Cg contiguous values (stride 1)."""
-    fast = kernels.get("im2col", backend.get_array_module(col))
+    One strided copy; each window row is KH runs of KW*Cg contiguous values (stride 1). (The
+    CPU kernels have no padded-input im2col: ``im2col_nchw`` is their entry point.)"""
+    fast = getattr(kernels.get("im2col", backend.get_array_module(col)), "im2col", None)
     if fast is not None:
-        return fast.im2col(padded, col, kernel, stride, dilation, out_hw)
+        return fast(padded, col, kernel, stride, dilation, out_hw)
     g, n = padded.shape[:2]
     kh, kw = kernel
     view = col.reshape((g, n) + tuple(out_hw) + (kh, kw, padded.shape[4]))
