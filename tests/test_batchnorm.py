@@ -12,6 +12,8 @@ from minicaffe.errors import LayerError, ShapeError
 from minicaffe.layer import layer_types
 from minicaffe.proto import caffe_pb2
 
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 BN = 'type: "BatchNorm"'
 EPS = float(np.float32(1e-5))        # the default eps, as the float proto field holds it
 

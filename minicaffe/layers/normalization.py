@@ -20,7 +20,7 @@ one affine kernel and one per-channel reduction for their gradients.
 """
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ..kernels import cuda as _kernels
 from ..blob import Blob
 from ..errors import ShapeError
@@ -164,6 +164,7 @@ class BatchNormLayer(Layer):
         self._inv_std_b = None
         self._last_global = None
         self._last_fused = False
+        self._last_compiled = False
         self._stats = None
 
     def reshape(self, bottom, top):
@@ -217,6 +218,26 @@ class BatchNormLayer(Layer):
         self._last_global = self.use_global_stats
         self._last_fused = True
 
+    def _compiled(self):
+        """The numba kernels of ``minicaffe.kernels.cpu_channels`` for NumPy arrays, or None."""
+        return kernels.get("channels", np) if self._bc.xp is np else None
+
+    def _forward_compiled(self, fast, x, y):
+        bc = self._bc
+        x3 = x.reshape(bc.outer, bc.dim, bc.inner)
+        y3 = y.reshape(x3.shape)
+        if self.use_global_stats:
+            mean, var = self._stats_vectors(np)
+            self._centered = cen3 = None
+        else:
+            mean, var = np.empty(bc.dim), np.empty(bc.dim)
+            fast.stats(x3, mean, var)
+            self._update_moving_average(mean, var, bc.outer * bc.inner)
+            self._centered = _scratch(self._centered, bc.shape, x)
+            cen3 = self._centered.reshape(x3.shape)
+        self._inv_std = 1.0 / np.sqrt(var + self.eps)
+        fast.normalize(x3, mean, self._inv_std, cen3, y3)
+
     def forward(self, bottom, top):
         bc = self._bc
         x = bottom[0].xdata
@@ -224,6 +245,12 @@ class BatchNormLayer(Layer):
         if bc.count and self._fused(x):
             return self._forward_fused(x, top[0].xdata)
         self._last_fused = False
+        fast = self._compiled() if bc.count else None
+        self._last_compiled = fast is not None
+        if fast is not None:
+            self._forward_compiled(fast, x, top[0].xdata)
+            self._last_global = self.use_global_stats
+            return
         X = bc.view(x)
         Y = bc.view(top[0].xdata)
         if bc.count == 0:
@@ -274,6 +301,15 @@ class BatchNormLayer(Layer):
             else:
                 _kernels.channels.bn_backward_train(xp, dy, self._centered, dx, inv_std,
                                                     bc.outer, bc.dim, bc.inner)
+            return
+        if self._last_compiled:
+            fast = kernels.get("channels", np)
+            shape = (bc.outer, bc.dim, bc.inner)
+            dy3, dx3 = top[0].xdiff.reshape(shape), bottom[0].xdiff.reshape(shape)
+            if self._last_global:    # dx = (dy - 0) / sqrt(var + eps)
+                fast.normalize(dy3, np.zeros(bc.dim), self._inv_std, None, dx3)
+            else:
+                fast.backward(dy3, self._centered.reshape(shape), self._inv_std, dx3)
             return
         dy = bc.view(top[0].xdiff)
         dx = bc.view(bottom[0].xdiff)
