@@ -252,3 +252,69 @@ def test_float32_batch_matches_caffe_loops(method):
                         h1, w1 = min(h0 + 3, 11), min(w0 + 3, 10)
                         dx[a, b, h0:h1, w0:w1] += dy[a, b, ph, pw] / ((h1 - h0) * (w1 - w0))
     np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, geometry", [
+    ((5, 16, 17), (3, 3, 2, 2, 0, 0)),
+    ((5, 15, 13), (3, 3, 2, 2, 1, 1)),
+    ((5, 12, 14), (2, 2, 2, 2, 0, 0)),
+    ((3, 10, 11), (3, 3, 1, 1, 1, 1)),
+    ((3, 9, 12), (3, 2, 1, 2, 1, 0)),
+    ((3, 8, 11), (2, 3, 2, 1, 1, 2)),
+    ((3, 17, 19), (5, 5, 3, 3, 2, 2)),
+])
+def test_compiled_planes_match_one_window_loops(kernel_path, shape, geometry):
+    """The compiled kernels' whole-plane passes (any plane with 4+ output columns) against
+    their one-window-at-a-time loops, bit for bit: ties, NaN, +-inf, -FLT_MAX, +-0 pixels,
+    padding, windows past the last full one, and outputs that are not contiguous."""
+    if kernel_path != "compiled":
+        pytest.skip("compares the compiled kernels with each other")
+    from minicaffe.kernels import cpu
+    k = cpu.load("pooling")
+    kh, kw, sh, sw, ph, pw = geometry
+    n, h, w = shape
+    oh, ow = expected_size(h, kh, sh, ph), expected_size(w, kw, sw, pw)
+    rng = np.random.RandomState(8)
+    x = rng.randint(-2, 3, shape).astype(np.float32)
+    flat = x.reshape(-1)
+    special = np.array([np.nan, np.inf, -np.inf, -FLT_MAX, -0.0, 0.0], np.float32)
+    spots = rng.randint(0, flat.size, flat.size // 8)
+    flat[spots] = special[rng.randint(0, special.size, spots.size)]
+    x[0] = np.nan
+    x[1, :, : w // 2] = -FLT_MAX
+    dy = rng.randint(-3, 4, (n, oh, ow)).astype(np.float32) * np.float32(0.1)
+
+    def bits(a):    # equal bits, -0.0 included; any NaN counts as NaN (adds may commute)
+        return np.where(np.isnan(a), np.float32(np.nan), a).view(np.int32)
+
+    def outputs(shape_, dtype, contiguous):
+        if contiguous:
+            return np.full(shape_, 7, dtype)
+        return np.full(shape_[:-1] + (shape_[-1] + 3,), 7, dtype)[..., 1:shape_[-1] + 1]
+
+    args = (kh, kw, sh, sw, ph, pw)
+    with np.errstate(all="ignore"):
+        y0, a0 = outputs((n, oh, ow), np.float32, True), outputs((n, oh, ow), np.int32, True)
+        k._max_forward_direct(x, y0, a0, *args)
+        f0 = outputs((n, oh, ow), np.float32, True)
+        k._ave_forward_direct(x, f0, *args)
+        dxm0, dxa0 = outputs(shape, np.float32, True), outputs(shape, np.float32, True)
+        k._max_backward_direct(dy, a0, dxm0)
+        k._ave_backward_direct(dy, dxa0, *args)
+        for contiguous in (True, False):
+            y, a = outputs((n, oh, ow), np.float32, contiguous), outputs((n, oh, ow), np.int32,
+                                                                           contiguous)
+            k.max_forward(x, y, a, *args)
+            np.testing.assert_array_equal(y.view(np.int32), y0.view(np.int32))
+            np.testing.assert_array_equal(a, a0)
+            f = outputs((n, oh, ow), np.float32, contiguous)
+            k.ave_forward(x, f, *args, None)
+            np.testing.assert_array_equal(bits(f), bits(f0))
+            dxm, dxa = outputs(shape, np.float32, contiguous), outputs(shape, np.float32,
+                                                                       contiguous)
+            k.max_backward(dy, a0, dxm)
+            np.testing.assert_array_equal(dxm.view(np.int32), dxm0.view(np.int32))
+            dyc = outputs((n, oh, ow), np.float32, contiguous)
+            dyc[...] = dy
+            k.ave_backward(dyc, dxa, *args, None)
+            np.testing.assert_array_equal(bits(dxa), bits(dxa0))
