@@ -92,6 +92,25 @@ def _pool_sizes(oh_n, ow_n, h, w, kh, kw, sh, sw, ph, pw, dtype):
     return pool
 
 
+@numba.njit(nogil=True)
+def _fill_buffer(x3, p, buf, ov, h, sh, ph, pw, ng, gsz, ws, ncopy, e0, e1, over):
+    """Copy plane ``p`` into the forward kernels' buffer: image row i goes to group
+    (i + ph) % sh, row (i + ph) // sh, cut to ncopy columns; the columns past the buffer rows
+    go to the overhang ``ov``. Rows outside the image keep the buffer's padding value."""
+    for g in range(sh):
+        for j in range(ng):
+            i = j * sh + g - ph
+            if 0 <= i < h:
+                o = g * gsz + j * ws + pw
+                dst = buf[o:o + ncopy]
+                src = x3[p, i]
+                for jj in range(ncopy):
+                    dst[jj] = src[jj]
+                # through x3, not src: through src the copy above ran slower
+                for e in range(e0, e1):
+                    ov[(g * ng + j) * over + e] = x3[p, i, ws - pw + e]
+
+
 # -- MAX forward ---------------------------------------------------------------------------
 @numba.njit(nogil=True)
 def _rows_max(buf, hm, hk, nq, kw, sw, lowest):
@@ -183,18 +202,7 @@ def _max_forward_buffered(x3, y2, a2, oh_n, ow_n, kh, kw, sh, sw, ph, pw):
         w1 = np.int32(w)
         w2 = np.int32(2 * w)
         for p in range(c * planes // nchunk, (c + 1) * planes // nchunk):
-            for g in range(sh):
-                for j in range(ng):
-                    i = j * sh + g - ph
-                    if 0 <= i < h:
-                        o = g * gsz + j * ws + pw
-                        dst = buf[o:o + ncopy]
-                        src = x3[p, i]
-                        for jj in range(ncopy):
-                            dst[jj] = src[jj]
-                        # through x3, not src: through src the copy above ran slower
-                        for e in range(e0, e1):
-                            ov[(g * ng + j) * over + e] = x3[p, i, ws - pw + e]
+            _fill_buffer(x3, p, buf, ov, h, sh, ph, pw, ng, gsz, ws, ncopy, e0, e1, over)
             if kw == 3 and sw == 2:
                 _rows_max(buf, hm, hk, nq, 3, 2, lowest)
             elif kw == 2 and sw == 2:
@@ -411,17 +419,7 @@ def _ave_forward_buffered(x3, y2, oh_n, ow_n, kh, kw, sh, sw, ph, pw):
         ov = np.zeros(sh * ng * over + 1, x3.dtype)
         acc = np.empty(no, x3.dtype)
         for p in range(c * planes // nchunk, (c + 1) * planes // nchunk):
-            for g in range(sh):
-                for j in range(ng):
-                    i = j * sh + g - ph
-                    if 0 <= i < h:
-                        o = g * gsz + j * ws + pw
-                        dst = buf[o:o + ncopy]
-                        src = x3[p, i]
-                        for jj in range(ncopy):
-                            dst[jj] = src[jj]
-                        for e in range(e0, e1):
-                            ov[(g * ng + j) * over + e] = x3[p, i, ws - pw + e]
+            _fill_buffer(x3, p, buf, ov, h, sh, ph, pw, ng, gsz, ws, ncopy, e0, e1, over)
             yp = y2[p]
             if kh == 3 and kw == 3 and sw == 2:
                 _sum3(buf, buf[o1:], buf[o2:], yp, pool, no, 3, 2, zero)
