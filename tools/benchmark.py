@@ -45,6 +45,7 @@ sys.path.insert(0, ROOT)
 import minicaffe  # noqa: E402
 
 import numpy as np  # noqa: E402
+from torch_cifar_bn import cifar_bn_net  # noqa: E402  (tools/, beside this script)
 
 MODEL = os.path.join(ROOT, "models", "cifar10_bn", "train_val.prototxt")
 DATA_DIR = os.path.join(ROOT, "data", "cifar10")
@@ -189,22 +190,7 @@ class Torch:
         torch.set_num_threads(THREADS)
         torch.manual_seed(1701)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-        net = nn.Sequential()
-        for name, mod in [
-                ("conv1", nn.Conv2d(3, 32, 5, padding=2, bias=False)),
-                ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)),
-                ("bn1", nn.BatchNorm2d(32, momentum=0.001)), ("relu1", nn.ReLU()),
-                ("conv2", nn.Conv2d(32, 32, 5, padding=2, bias=False)),
-                ("bn2", nn.BatchNorm2d(32, momentum=0.001)), ("relu2", nn.ReLU()),
-                ("pool2", nn.AvgPool2d(3, 2, ceil_mode=True)),
-                ("conv3", nn.Conv2d(32, 64, 5, padding=2, bias=False)),
-                ("bn3", nn.BatchNorm2d(64, momentum=0.001)), ("relu3", nn.ReLU()),
-                ("pool3", nn.AvgPool2d(3, 2, ceil_mode=True)),
-                ("flatten", nn.Flatten()), ("ip1", nn.Linear(1024, 10))]:
-            net.add_module(name, mod)
-        with torch.no_grad():
-            for name, std in (("conv1", 1e-4), ("conv2", 1e-2), ("conv3", 1e-2), ("ip1", 1e-2)):
-                getattr(net, name).weight.normal_(0, std)
+        net = cifar_bn_net(nn)
         self.net = net.to(memory_format=self.fmt)
         self.opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
         self.x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=self.fmt)

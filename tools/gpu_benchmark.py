@@ -31,6 +31,7 @@ import numpy as np
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
+from torch_cifar_bn import cifar_bn_net  # noqa: E402  (tools/, beside this script)
 
 TRAIN_VAL = os.path.join(ROOT, "models", "cifar10_bn", "train_val.prototxt")
 DEPLOY = os.path.join(ROOT, "models", "cifar10_bn", "deploy.prototxt")
@@ -125,14 +126,7 @@ class TorchNet:
         self.device = device
         torch.manual_seed(1701)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-        net = nn.Sequential(
-            nn.Conv2d(3, 32, 5, padding=2, bias=False), nn.MaxPool2d(3, 2, ceil_mode=True),
-            nn.BatchNorm2d(32, momentum=0.001), nn.ReLU(),
-            nn.Conv2d(32, 32, 5, padding=2, bias=False), nn.BatchNorm2d(32, momentum=0.001),
-            nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
-            nn.Conv2d(32, 64, 5, padding=2, bias=False), nn.BatchNorm2d(64, momentum=0.001),
-            nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
-            nn.Flatten(), nn.Linear(1024, 10))
+        net = cifar_bn_net(nn)
         self.net = net.to(device).to(memory_format=self.fmt)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.001, momentum=0.9,
                                    weight_decay=0.004)
