@@ -295,7 +295,8 @@ def tiny_chunks(monkeypatch):
     monkeypatch.setattr(conv, "KEEP_COLS_BYTES", 0)
 
 
-@pytest.mark.parametrize("case", ["5x5_pad2", "stride2_pad1", "group2", "pad_exceeds_kernel"])
+@pytest.mark.parametrize("case", ["5x5_pad2", "stride2_pad1", "group2", "pad_exceeds_kernel",
+                                  "dilation2", "plain"])
 @pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
 def test_conv_in_chunks_matches_direct_loops_and_gradients(tiny_chunks, case, phase):
     settings, shape, stride, pad, dilation, group = CASES[case]
@@ -309,6 +310,23 @@ def test_conv_in_chunks_matches_direct_loops_and_gradients(tiny_chunks, case, ph
     np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, group),
                                rtol=1e-10, atol=1e-10)
     check_gradients(text, [x])
+
+
+@pytest.mark.parametrize("case", ["5x5_pad2", "dilation2", "group2", "stride2_pad1"])
+def test_conv_weight_gradient_alone_in_chunks(tiny_chunks, case):
+    # Without an input gradient the weight gradient comes from the input's own columns;
+    # with one (stride 1) it comes from the columns of the flipped response gradient.
+    settings, shape = CASES[case][:2]
+    x = np.random.RandomState(13).standard_normal((3,) + shape[1:])
+    check_gradients(conv_text(settings), [x], check_bottom=[])
+
+
+def test_conv_two_pairs_in_chunks(tiny_chunks):
+    rs = np.random.RandomState(14)
+    x0, x1 = rs.standard_normal((2, 2, 5, 5)), rs.standard_normal((2, 2, 5, 5))
+    check_gradients(conv_text("num_output: 2 kernel_size: 3 pad: 1"), [x0, x1], num_top=2)
+    check_gradients(conv_text("num_output: 2 kernel_size: 3 pad: 1"), [x0, x1], num_top=2,
+                    check_bottom=[1])
 
 
 def test_conv_keeps_whole_batch_columns_only_in_train_phase():

@@ -15,7 +15,9 @@ as rows (G, Co/G, N*Ho*Wo) that are copied into (N, Co, Ho, Wo) in runs of Ho*Wo
 
 At stride 1 the image gradient never needs col2im (a loop of scattered additions): with
 W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j] it is the convolution of the response gradient,
-padded by d(k-1) - p, with W' -- one more im2col and GEMM of the same shape as forward.
+padded by d(k-1) - p, with W' -- one more im2col and GEMM of the same shape as forward. When
+the weights want a gradient too, it comes from those same columns (``_accumulate_flipped``), so
+backward never rebuilds the input's columns.
 
 Memory: the columns are the big buffer (kh*kw times the image). A TRAIN-phase layer keeps its
 own whole-batch columns from forward to backward (for dW) when they take at most
@@ -247,8 +249,28 @@ class _ConvolutionBase(Layer):
         dw = self.blobs[0].xdiff.reshape(g, self.cg_out, self.cg_in, kh, kw)
         dw += dwk.reshape(g, self.cg_out, kh, kw, self.cg_in).transpose(0, 1, 4, 2, 3)
 
-    def _image_from_response(self, res, img):
-        """img (n, Ci, Hi, Wi) = the transpose of the convolution applied to res."""
+    def _accumulate_flipped(self, image, col):
+        """dW += the weight gradient from the flipped columns of the response gradient.
+
+        With colF[(n, p, q), (i', j', o)] = r'[n, o, p + i'd - fp, q + j'd - fp], fp = d(k-1) - p
+        (the columns the image gradient is built from), substituting i' = k-1-i gives
+        dW[o, c, i, j] = sum over (n, p, q) of a[n, c, p, q] * colF[(n, p, q), (k-1-i, k-1-j, o)]:
+        one GEMM of the image rows with columns already in hand, so the image's own columns
+        need not be built again in backward."""
+        xp = self.xp_of(self.blobs[0])
+        n, g = image.shape[0], self.group
+        (h, w), (kh, kw) = self.img_hw, self.kernel
+        rows = cols.workspace("x_rows").get(xp, (g, self.cg_in, n, h * w), image.dtype)
+        rows[...] = image.reshape(n, g, self.cg_in, h * w).transpose(1, 2, 0, 3)
+        dwf = xp.matmul(rows.reshape(g, self.cg_in, n * h * w), col)
+        dw = self.blobs[0].xdiff.reshape(g, self.cg_out, self.cg_in, kh, kw)
+        dw += dwf.reshape(g, self.cg_in, kh, kw, self.cg_out)[:, :, ::-1, ::-1] \
+            .transpose(0, 4, 1, 2, 3)
+
+    def _image_from_response(self, res, img, image=None):
+        """img (n, Ci, Hi, Wi) = the transpose of the convolution applied to res. With
+        ``image`` (the convolution's input for these n items, flipped case only) the
+        weight gradient is accumulated from the same columns (see ``_accumulate_flipped``)."""
         xp = self.xp_of(self.blobs[0])
         n, g = res.shape[0], self.group
         (h, w), (oh, ow) = self.img_hw, self.res_hw
@@ -261,6 +283,8 @@ class _ConvolutionBase(Layer):
             xp.matmul(self._weights_flipped(xp), col.transpose(0, 2, 1), out=rows)
             img.reshape(n, g, self.cg_in, h * w)[...] = \
                 rows.reshape(g, self.cg_in, n, h * w).transpose(2, 0, 1, 3)
+            if image is not None:
+                self._accumulate_flipped(image, col)
             return
         # Strided: columns W^T @ res, then summed back to the pixels they came from.
         col = self._col_buffer(xp, n, oh * ow, self.cg_in, res.dtype, own=False)
@@ -314,6 +338,13 @@ class ConvolutionLayer(_ConvolutionBase):
                 continue
             x = self._batch(bottom[i].xdata, self.img_hw, self.conv_in)
             dy = self._batch(top[i].xdiff, self.res_hw, self.conv_out)
+            if want_w and propagate_down[i] and self.flipped and self._cached != i:
+                # dW from the image gradient's columns: the input is not im2col'ed again.
+                dx = self._batch(bottom[i].xdiff, self.img_hw, self.conv_in)
+                for s in self._chunks(self.img_chunk):
+                    self._image_from_response(dy[s], dx[s], image=x[s])
+                self._cached = None
+                continue
             if want_w and self._cached == i:    # columns kept from forward (whole batch)
                 col = self._col_buffer(self.xp_of(self.blobs[0]), self.num,
                                        self.res_hw[0] * self.res_hw[1], self.cg_in,
