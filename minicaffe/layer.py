@@ -66,6 +66,9 @@ class Layer:
     # False when the owner promises never to call backward (a solver's test nets): layers may
     # then skip keeping copies of their inputs for gradients (Net.set_forward_only).
     keeps_backward_state = True
+    # Which bottoms backward must give a gradient, once a Net has worked it out; None (a layer
+    # used on its own) means any may.
+    bottom_need_backward = None
 
     def __init__(self, param):
         self.layer_param = param

@@ -276,6 +276,8 @@ class Net:
             self._layer_need_backward.append(need_backward)
 
         self._prune_backward(param)
+        for layer, need in zip(self.layers, self._bottom_need_backward):
+            layer.bottom_need_backward = tuple(need)
         self._xp = backend.xp()
         self._outputs = list(available)
         self.blob_names = list(self.blobs)

@@ -329,16 +329,49 @@ def test_conv_two_pairs_in_chunks(tiny_chunks):
                     check_bottom=[1])
 
 
-def test_conv_keeps_whole_batch_columns_only_in_train_phase():
+def test_conv_keeps_whole_batch_columns_only_when_backward_would_rebuild_them():
     x = np.zeros((4, 2, 6, 6))
-    train, bottom, top = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3")), [x])
-    test, _, _ = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3") +
-                                         " phase: TEST"), [x])
+    text = conv_text("num_output: 2 kernel_size: 3")
+    train, bottom, top = setup_layer(layer_param(text), [x])
+    test, _, _ = setup_layer(layer_param(text + " phase: TEST"), [x])
+    strided, sb, st = setup_layer(layer_param(conv_text("num_output: 2 kernel_size: 3 stride: 2")),
+                                  [x])
+    # A bottom that may need a gradient: the weight gradient comes from its flipped columns.
+    assert not train.keep_cols
+    assert strided.keep_cols and strided.chunk == 4   # strided: no flipped columns
+    train.bottom_need_backward = (False,)             # set by Net (a first layer, as conv1)
+    train.reshape(bottom, top)
     assert train.keep_cols and train.chunk == 4
+    test.bottom_need_backward = (False,)
+    test.reshape(bottom, top)
     assert not test.keep_cols
-    train.keeps_backward_state = False          # Net.set_forward_only
+    train.param_propagate_down = [False, True]        # lr_mult 0 on the weights
     train.reshape(bottom, top)
     assert not train.keep_cols
+    train.param_propagate_down = [True, True]
+    train.keeps_backward_state = False                # Net.set_forward_only
+    train.reshape(bottom, top)
+    assert not train.keep_cols
+
+
+def test_net_tells_layers_which_bottoms_need_gradients():
+    from minicaffe.net import Net
+    from minicaffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    text = """
+    layer { name: "in" type: "Input" top: "x" top: "y"
+            input_param { shape { dim: 2 dim: 2 dim: 6 dim: 6 } shape { dim: 2 dim: 2 dim: 6 dim: 6 } } }
+    layer { name: "c1" type: "Convolution" bottom: "x" top: "c1"
+            convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }
+    layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+            convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "c2" bottom: "y" top: "loss" }
+    """
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TRAIN)
+    c1, c2 = net.layer_by_name["c1"], net.layer_by_name["c2"]
+    assert c1.bottom_need_backward == (False,) and c2.bottom_need_backward == (True,)
+    net.forward()
+    assert c1.keep_cols and not c2.keep_cols
 
 
 @pytest.mark.parametrize("case", sorted(DECONV_CASES))
