@@ -318,3 +318,25 @@ def test_compiled_planes_match_one_window_loops(kernel_path, shape, geometry):
             dyc[...] = dy
             k.ave_backward(dyc, dxa, *args, None)
             np.testing.assert_array_equal(bits(dxa), bits(dxa0))
+
+
+@pytest.mark.parametrize("num_top", [1, 2])
+def test_forward_only_max_pooling_matches_caffe_loops(monkeypatch, num_top):
+    # A forward-only net keeps no argmax per output: planes go through a small buffer.
+    from minicaffe.layers import pooling
+    monkeypatch.setattr(pooling, "ARGMAX_PLANES_FORWARD_ONLY", 3)
+    x = distinct((2, 4, 9, 8), seed=3)        # 8 planes: chunks of 3, 3, 2
+    layer = None
+    text = pool_text("pool: MAX kernel_size: 3 stride: 2 pad: 1")
+    layer, bottom, top = setup_layer(layer_param(text), [x], num_top=num_top)
+    layer.keeps_backward_state = False        # Net.set_forward_only
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    want, want_mask = naive_pool(x, "MAX", (3, 3), (2, 2), (1, 1))
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-12, atol=1e-12)
+    if num_top == 2:
+        np.testing.assert_array_equal(top[1].data, want_mask)
+    top[0].diff[...] = 1
+    if num_top == 1 and layer.fast is not None:
+        with pytest.raises(LayerError, match="'p1'.*forward-only"):
+            layer.backward(top, [True], bottom)

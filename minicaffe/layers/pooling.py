@@ -29,6 +29,7 @@ from ..layer import Layer, register
 from ..proto import caffe_pb2
 
 P = caffe_pb2.PoolingParameter
+ARGMAX_PLANES_FORWARD_ONLY = 4096
 
 
 @register("Pooling")
@@ -115,7 +116,13 @@ class PoolingLayer(Layer):
             self.fast = None
         if self.fast is not None:
             if self.method == P.MAX:
-                self.argmax = self._argmax.get(xp, (n * c,) + self.out_hw, np.int32)
+                # A forward-only net without a mask top never reads the argmax back: a few
+                # planes' worth, reused, instead of one per output (31 MiB at the example's
+                # test batch of 1000).
+                planes = n * c
+                if not self.keeps_backward_state and len(top) == 1:
+                    planes = min(planes, ARGMAX_PLANES_FORWARD_ONLY)
+                self.argmax = self._argmax.get(xp, (planes,) + self.out_hw, np.int32)
             self.geometry = self.kernel + self.stride + self.pad
         else:
             self._array_buffers(xp, out_shape, dtype)
@@ -168,7 +175,10 @@ class PoolingLayer(Layer):
     def _forward_max(self, x, y, mask):
         xp = get_array_module(x)
         if self.fast is not None:
-            self.fast.max_forward(self._planes(x), self._planes(y), self.argmax, *self.geometry)
+            xs, ys, step = self._planes(x), self._planes(y), self.argmax.shape[0]
+            for a in range(0, xs.shape[0], step):
+                b = min(a + step, xs.shape[0])
+                self.fast.max_forward(xs[a:b], ys[a:b], self.argmax[:b - a], *self.geometry)
             if mask is not None:
                 mask.reshape(self.argmax.shape)[...] = self.argmax
             return
@@ -221,6 +231,9 @@ class PoolingLayer(Layer):
         dy, dx = top[0].xdiff, bottom[0].xdiff
         if self.fast is not None:
             if self.method == P.MAX:
+                if self.argmax.shape[0] != dx.shape[0] * dx.shape[1]:
+                    self.fail("backward needs the argmax of every output, which a forward-only "
+                              "net does not keep (Net.set_forward_only)")
                 self.fast.max_backward(self._planes(dy), self.argmax, self._planes(dx))
             else:
                 self.fast.ave_backward(self._planes(dy), self._planes(dx), *self.geometry,
