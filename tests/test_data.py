@@ -1,6 +1,7 @@
 """Data pipeline: LMDB of Datums, DataTransformer, image I/O, Data / ImageData / HDF5Data layers,
 convert_imageset and compute_image_mean."""
 import os
+import sys
 import time
 
 import numpy as np
@@ -110,6 +111,49 @@ def test_lmdb_roundtrip_in_key_order(tmp_path):
         assert (d.channels, d.height, d.width, d.label) == (3, 4, 5, i)
         assert not d.encoded
         np.testing.assert_array_equal(dbm.datum_to_array(d), imgs[i])
+
+
+def _mapped_rss(file_path):
+    """Resident bytes of this process's maps of ``file_path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:     # a mapping's header line
+                inside = len(head) == 6 and head[5] == file_path
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux memory maps")
+@pytest.mark.parametrize("drop", [True, False])
+def test_lmdb_readers_keep_resident_set_flat(tmp_path, monkeypatch, drop):
+    # Caffe's RSS grows to the database size (LMDB's memory map); ours drops passed pages.
+    rs = np.random.RandomState(5)
+    values = [rs.bytes(32 << 10) for _ in range(700)]          # ~22 MiB of records
+    path = str(tmp_path / "big")
+    with dbm.LMDBWriter(path, commit_every=100) as w:
+        for i, v in enumerate(values):
+            w.put("%05d" % i, v)
+    if not drop:
+        monkeypatch.setattr(dbm, "DROP_PAGES_BYTES", 1 << 40)
+    data_file = os.path.join(os.path.realpath(path), "data.mdb")
+    cursor = dbm.LoopingCursor(path)
+    try:
+        got = [cursor.next() for _ in range(2 * len(values))]  # two epochs
+        looping_rss = _mapped_rss(data_file)
+    finally:
+        cursor.close()
+    assert got == values + values                              # nothing read changes
+    assert [v for _, v in dbm.iter_items(path)] == values
+    one_pass_rss = _mapped_rss(data_file)
+    dbm.close_env(path)
+    if drop:
+        assert looping_rss <= dbm.DROP_PAGES_BYTES + (1 << 20), looping_rss
+        assert one_pass_rss <= dbm.DROP_PAGES_BYTES + (1 << 20), one_pass_rss
+    else:   # the measurement itself sees the growth the dropping prevents
+        assert looping_rss >= 20 << 20, looping_rss
 
 
 def test_datum_float_data_and_errors():

@@ -7,9 +7,18 @@ in sorted byte order, which is the order the Data layer delivers records in.
 py-lmdb refuses to open one environment twice in a process, while a train and a test net (or a
 converter and a reader) may well ask for the same path; read-only environments are therefore
 shared through a small cache keyed by the real path.
+
+Resident memory. LMDB reads through a memory map, so every record read stays in the process's
+resident set: Caffe's RSS grows to the size of the database over an epoch (BVLC/caffe#1377,
+#2121, #4279: jobs killed by cluster memory limits). On Linux the readers here hand the pages
+they have passed back every ``DROP_PAGES_BYTES`` of records (``madvise(MADV_DONTNEED)`` on the
+read-only file map: the data stays in the OS page cache, a later read maps it again, and
+nothing read changes), so the resident set stays flat.
 """
+import ctypes
 import logging
 import os
+import sys
 import threading
 
 import numpy as np
@@ -89,6 +98,68 @@ def close_env(path):
         cached[0].close()
 
 
+# -- dropping read pages from the resident set (Linux) ---------------------------------------------
+DROP_PAGES_BYTES = 8 << 20
+_MADV_DONTNEED = 4
+_madvise = None
+
+
+def _madvise_fn():
+    global _madvise
+    if _madvise is None:
+        _madvise = False
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _madvise = fn
+            except (OSError, AttributeError):  # pragma: no cover - no libc symbol
+                pass
+    return _madvise
+
+
+def mapped_ranges(file_path):
+    """(start, end) address ranges where this process maps ``file_path`` (Linux), else []."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].rstrip("\n") == file_path:
+            lo, hi = parts[0].split("-")
+            out.append((int(lo, 16), int(hi, 16)))
+    return out
+
+
+def drop_read_pages(path):
+    """Unmap the pages of LMDB ``path``'s data file from this process's resident set (they
+    stay in the page cache). Returns False where that is not possible (not Linux)."""
+    madvise = _madvise_fn()
+    if not madvise:
+        return False
+    data_file = os.path.join(os.path.realpath(path), "data.mdb")
+    for lo, hi in mapped_ranges(data_file):
+        madvise(lo, hi - lo, _MADV_DONTNEED)
+    return True
+
+
+class _PageDropper:
+    """Counts bytes read from ``path``; every DROP_PAGES_BYTES drops the read pages."""
+
+    def __init__(self, path):
+        self.path, self.count = path, 0
+
+    def add(self, nbytes):
+        self.count += nbytes
+        if self.count >= DROP_PAGES_BYTES:
+            self.count = 0
+            drop_read_pages(self.path)
+
+
 def num_entries(path):
     return int(open_env(path).stat()["entries"])
 
@@ -96,11 +167,14 @@ def num_entries(path):
 def iter_items(path, start=None):
     """(key, value) byte pairs of the database in key order (one pass)."""
     env = open_env(path)
+    dropper = _PageDropper(path)
     with env.begin(buffers=False) as txn:
         cur = txn.cursor()
         ok = cur.set_range(start) if start is not None else cur.first()
         while ok:
-            yield cur.key(), cur.value()
+            value = cur.value()
+            dropper.add(len(value))
+            yield cur.key(), value
             ok = cur.next()
 
 
@@ -123,6 +197,7 @@ class LoopingCursor:
         self.name = name
         self._txn = open_env(path).begin(buffers=False)
         self._cur = self._txn.cursor()
+        self._dropper = _PageDropper(path)
         if not self._cur.first():
             raise MiniCaffeError(f"LMDB {path} is empty")
         for _ in range(int(skip)):
@@ -131,6 +206,7 @@ class LoopingCursor:
     def next(self):
         """Value at the cursor, then advance (wrapping to the first record at the end)."""
         value = self._cur.value()
+        self._dropper.add(len(value))
         if not self._cur.next():
             log.info("%s: restarting data prefetching from start of %s", self.name, self.path)
             self._cur.first()
