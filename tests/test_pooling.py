@@ -340,3 +340,20 @@ def test_forward_only_max_pooling_matches_caffe_loops(monkeypatch, num_top):
     if num_top == 1 and layer.fast is not None:
         with pytest.raises(LayerError, match="'p1'.*forward-only"):
             layer.backward(top, [True], bottom)
+
+
+def test_no_cached_serial_kernel_calls_a_parallel_one():
+    # numba/numba#4807, #8578: such a caller, loaded from a cache that several processes
+    # wrote, segfaulted here. Entry points that pick a parallel kernel are plain Python.
+    numba = pytest.importorskip("numba")
+    import importlib
+    for name in ("cpu_pooling", "cpu_im2col", "cpu_channels"):
+        mod = importlib.import_module(f"minicaffe.kernels.{name}")
+        jitted = {k: v for k, v in vars(mod).items()
+                  if isinstance(v, numba.core.registry.CPUDispatcher)}
+        parallel = {k for k, v in jitted.items() if v.targetoptions.get("parallel")}
+        for k, v in jitted.items():
+            cached = type(v._cache).__name__ != "NullCache"
+            if cached and k not in parallel:
+                calls = set(v.py_func.__code__.co_names) & parallel
+                assert not calls, f"{name}.{k} is cached, serial, and calls {sorted(calls)}"

@@ -32,34 +32,21 @@ pixels in the same order, and ave_backward adds each pixel's shares in output or
 those loops do. The direct loops still serve arrays that are not
 C-contiguous and geometries with few output columns (global pooling), where the buffer does
 not pay. max_backward indexes the flat plane with the argmax (no division per output).
+
+The entry points (max_forward, ...) are plain Python that pick a parallel kernel: a cached
+non-parallel numba function calling a cached parallel one segfaults when it is loaded from a
+cache that another process partly wrote (numba/numba#4807, #8578; seen here).
 """
 import numba
 import numpy as np
-from numba.extending import overload
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
-def _flat(a):
-    """(planes, rows * cols) view of a C-contiguous array; an empty array otherwise (a
-    non-contiguous array has no such view, and the caller then takes the direct loops)."""
-
-
-@overload(_flat)
-def _flat_impl(a):
-    if a.layout == "C":
-        return lambda a: a.reshape(a.shape[0], a.shape[1] * a.shape[2])
-    return lambda a: np.empty((0, 0), a.dtype)
-
-
-def _is_c(a):
-    """Whether ``a`` is typed C-contiguous (known when compiling)."""
-
-
-@overload(_is_c)
-def _is_c_impl(a):
-    c = a.layout == "C"
-    return lambda a: c
+def _rows(a):
+    """(planes, rows * cols) view of a C-contiguous array, or None (the caller then takes the
+    direct loops)."""
+    return a.reshape(a.shape[0], a.shape[1] * a.shape[2]) if a.flags.c_contiguous else None
 
 
 @numba.njit(cache=True, nogil=True)
@@ -282,13 +269,12 @@ def _max_forward_buffered(x3, y2, a2, oh_n, ow_n, kh, kw, sh, sw, ph, pw):
                         ap[t] = c if g else a
 
 
-@numba.njit(cache=True, nogil=True)
 def max_forward(x3, y3, argmax3, kh, kw, sh, sw, ph, pw):
     oh_n, ow_n = y3.shape[1], y3.shape[2]
-    buffered = _layout(oh_n, ow_n, x3.shape[2], kh, kw, sh, sw, pw)[-1]
-    if buffered and _is_c(y3) and _is_c(argmax3):
-        _max_forward_buffered(x3, _flat(y3), _flat(argmax3), oh_n, ow_n, kh, kw, sh, sw, ph,
-                              pw)
+    y2, a2 = _rows(y3), _rows(argmax3)
+    if y2 is not None and a2 is not None and \
+            _layout(oh_n, ow_n, x3.shape[2], kh, kw, sh, sw, pw)[-1]:
+        _max_forward_buffered(x3, y2, a2, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
     else:
         _max_forward_direct(x3, y3, argmax3, kh, kw, sh, sw, ph, pw)
 
@@ -325,10 +311,10 @@ def _max_backward_flat(dy3, argmax3, dx2):
                     d[at] += dy3[p, oh, ow]
 
 
-@numba.njit(cache=True, nogil=True)
 def max_backward(dy3, argmax3, dx3):
-    if _is_c(dx3):
-        _max_backward_flat(dy3, argmax3, _flat(dx3))
+    dx2 = _rows(dx3)
+    if dx2 is not None:
+        _max_backward_flat(dy3, argmax3, dx2)
     else:
         _max_backward_direct(dy3, argmax3, dx3)
 
@@ -462,12 +448,11 @@ def _ave_forward_buffered(x3, y2, oh_n, ow_n, kh, kw, sh, sw, ph, pw):
                           zero)
 
 
-@numba.njit(cache=True, nogil=True)
 def ave_forward(x3, y3, kh, kw, sh, sw, ph, pw, size=None):
     oh_n, ow_n = y3.shape[1], y3.shape[2]
-    buffered = _layout(oh_n, ow_n, x3.shape[2], kh, kw, sh, sw, pw)[-1]
-    if buffered and _is_c(y3):
-        _ave_forward_buffered(x3, _flat(y3), oh_n, ow_n, kh, kw, sh, sw, ph, pw)
+    y2 = _rows(y3)
+    if y2 is not None and _layout(oh_n, ow_n, x3.shape[2], kh, kw, sh, sw, pw)[-1]:
+        _ave_forward_buffered(x3, y2, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
     else:
         _ave_forward_direct(x3, y3, kh, kw, sh, sw, ph, pw)
 
@@ -593,11 +578,10 @@ def _ave_backward_buffered(dy2, dx3, oh_n, ow_n, kh, kw, sh, sw, ph, pw):
                                 dxp[i, j] += s
 
 
-@numba.njit(cache=True, nogil=True)
 def ave_backward(dy3, dx3, kh, kw, sh, sw, ph, pw, size=None):
     oh_n, ow_n = dy3.shape[1], dy3.shape[2]
-    buffered = _layout(oh_n, ow_n, dx3.shape[2], kh, kw, sh, sw, pw)[-1]
-    if buffered and _is_c(dy3):
-        _ave_backward_buffered(_flat(dy3), dx3, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
+    dy2 = _rows(dy3)
+    if dy2 is not None and _layout(oh_n, ow_n, dx3.shape[2], kh, kw, sh, sw, pw)[-1]:
+        _ave_backward_buffered(dy2, dx3, oh_n, ow_n, kh, kw, sh, sw, ph, pw)
     else:
         _ave_backward_direct(dy3, dx3, kh, kw, sh, sw, ph, pw)
