@@ -329,7 +329,13 @@ def test_conv_two_pairs_in_chunks(tiny_chunks):
                     check_bottom=[1])
 
 
-def test_conv_keeps_whole_batch_columns_only_when_backward_would_rebuild_them():
+@pytest.fixture
+def whole_batch_path(kernel_path):
+    if kernel_path == "compiled":
+        pytest.skip("about the whole-batch path (the array one here)")
+
+
+def test_conv_keeps_whole_batch_columns_only_when_backward_would_rebuild_them(whole_batch_path):
     x = np.zeros((4, 2, 6, 6))
     text = conv_text("num_output: 2 kernel_size: 3")
     train, bottom, top = setup_layer(layer_param(text), [x])
@@ -354,7 +360,7 @@ def test_conv_keeps_whole_batch_columns_only_when_backward_would_rebuild_them():
     assert not train.keep_cols
 
 
-def test_net_tells_layers_which_bottoms_need_gradients():
+def test_net_tells_layers_which_bottoms_need_gradients(whole_batch_path):
     from minicaffe.net import Net
     from minicaffe.proto import caffe_pb2
     from google.protobuf import text_format
@@ -387,3 +393,45 @@ def test_deconv_in_chunks(tiny_chunks, case):
     np.testing.assert_allclose(top[0].data, naive_deconv(x, w, b, stride, pad, dilation, group),
                                rtol=1e-10, atol=1e-10)
     check_gradients(text, [x])
+
+
+# -- per-image path (NumPy with the numba kernels: conv_cpu.py) ---------------------------------
+@pytest.fixture
+def per_image(kernel_path):
+    from minicaffe import cpu_threads
+    if kernel_path != "compiled" or not cpu_threads.available():
+        pytest.skip("the per-image path needs the numba kernels and threadpoolctl")
+    yield cpu_threads
+    cpu_threads.set_workers(None)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("case", ["5x5_pad2", "stride2_pad1", "group2", "dilation2", "rect"])
+def test_per_image_path_matches_direct_loops_and_gradients(per_image, workers, case):
+    per_image.set_workers(workers)
+    settings, shape, stride, pad, dilation, group = CASES[case]
+    x = np.random.RandomState(15).standard_normal((5,) + shape[1:])   # 5 images: uneven parts
+    layer, bottom, top = setup_layer(layer_param(conv_text(settings)), [x])
+    assert layer.per_image and not layer.keep_cols
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, group),
+                               rtol=1e-10, atol=1e-10)
+    check_gradients(conv_text(settings), [x])
+    check_gradients(conv_text(settings), [x], check_bottom=[])    # weights only
+
+
+def test_per_image_path_float32_and_blas_threads_restored(per_image):
+    from threadpoolctl import threadpool_info
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    per_image.set_workers(2)
+    x = np.random.RandomState(16).standard_normal((4, 3, 9, 9)).astype(np.float32)
+    text = conv_text("num_output: 4 kernel_size: 5 pad: 2")
+    layer, bottom, top = setup_layer(layer_param(text), [x], dtype=np.float32)
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    want = naive_conv(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                      (1, 1), (2, 2), (1, 1), 1)
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-4)
+    after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before

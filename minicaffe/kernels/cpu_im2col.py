@@ -18,30 +18,47 @@ import numba
 import numpy as np
 
 
+@numba.njit(nogil=True, inline="always")
+def _image_columns(x, n, r0, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
+    """Image n of x (N, G, Cg, H, W) into rows r0.. of col (G, rows, KH*KW*Cg), through
+    ``tmp`` (H+2ph, (W+2pw)*Cg), the zero-bordered image channels last."""
+    g_n, cg, h, w = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    run = kw * cg
+    tmp[:] = 0
+    for g in range(g_n):
+        for c in range(cg):
+            for y in range(h):
+                for z in range(w):
+                    tmp[y + ph, (z + pw) * cg + c] = x[n, g, c, y, z]
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                r = r0 + oh * ow_n + ow
+                for i in range(kh):
+                    y = oh * sh + i * dh
+                    if dw == 1:
+                        z0 = ow * sw * cg
+                        col[g, r, i * run:(i + 1) * run] = tmp[y, z0:z0 + run]
+                    else:
+                        for j in range(kw):
+                            z0 = (ow * sw + j * dw) * cg
+                            b = (i * kw + j) * cg
+                            col[g, r, b:b + cg] = tmp[y, z0:z0 + cg]
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _nchw_kernel(x, col, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
-    n_img, g_n, cg, h, w = x.shape
-    run = kw * cg
+    n_img, cg, h, w = x.shape[0], x.shape[2], x.shape[3], x.shape[4]
     for n in numba.prange(n_img):
-        tmp = np.zeros((h + 2 * ph, (w + 2 * pw) * cg), dtype=x.dtype)
-        for g in range(g_n):
-            for c in range(cg):
-                for y in range(h):
-                    for z in range(w):
-                        tmp[y + ph, (z + pw) * cg + c] = x[n, g, c, y, z]
-            for oh in range(oh_n):
-                for ow in range(ow_n):
-                    r = (n * oh_n + oh) * ow_n + ow
-                    for i in range(kh):
-                        y = oh * sh + i * dh
-                        if dw == 1:
-                            z0 = ow * sw * cg
-                            col[g, r, i * run:(i + 1) * run] = tmp[y, z0:z0 + run]
-                        else:
-                            for j in range(kw):
-                                z0 = (ow * sw + j * dw) * cg
-                                b = (i * kw + j) * cg
-                                col[g, r, b:b + cg] = tmp[y, z0:z0 + cg]
+        tmp = np.empty((h + 2 * ph, (w + 2 * pw) * cg), dtype=x.dtype)
+        _image_columns(x, n, n * oh_n * ow_n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
+                       ow_n)
+
+
+@numba.njit(cache=True, nogil=True)
+def image_columns(x, n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
+    """One image's columns, serial: for the per-image convolution (``layers.conv_cpu``),
+    whose threads each take their own images."""
+    _image_columns(x, n, 0, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -27,6 +27,7 @@ of the thread. The image gradient's columns are chunked on their own, and only b
 bottom needs a gradient.
 """
 from .. import im2col as cols
+from . import conv_cpu
 from ..proto import caffe_pb2
 from ..errors import ShapeError
 from ..layer import Layer, register
@@ -184,6 +185,9 @@ class _ConvolutionBase(Layer):
                           self.keeps_backward_state and rebuilds and
                           bool(self.param_propagate_down[:1] and self.param_propagate_down[0]) and
                           self.num * col_image <= KEEP_COLS_BYTES)
+        # NumPy with the numba kernels: one image per step on each core (conv_cpu.py).
+        self.per_image = conv_cpu.usable(self, self.xp_of(first))
+        self.keep_cols = self.keep_cols and not self.per_image
         self.chunk = self.num if self.keep_cols else self._chunk_for(col_image)
         self.img_chunk = self._chunk_for(img_image)
         self._cached = None
@@ -248,11 +252,20 @@ class _ConvolutionBase(Layer):
 
     def _accumulate_weight_diff(self, col, res_rows):
         """dW += res_rows @ col, back in W's (Co, Ci/G, kh, kw) order."""
-        xp = self.xp_of(self.blobs[0])
+        self._add_weight_diff_rows(self.xp_of(self.blobs[0]).matmul(res_rows, col))
+
+    def _add_weight_diff_rows(self, dwk):
+        """dW += dwk (G, Co/G, kh*kw*Ci/G), rows in the (i, j, c) order of the columns."""
         g, kh, kw = self.group, self.kernel[0], self.kernel[1]
-        dwk = xp.matmul(res_rows, col)
         dw = self.blobs[0].xdiff.reshape(g, self.cg_out, self.cg_in, kh, kw)
         dw += dwk.reshape(g, self.cg_out, kh, kw, self.cg_in).transpose(0, 1, 4, 2, 3)
+
+    def _add_weight_diff_flipped(self, dwf):
+        """dW += dwf (G, Ci/G, kh*kw*Co/G), from flipped columns (``_accumulate_flipped``)."""
+        g, kh, kw = self.group, self.kernel[0], self.kernel[1]
+        dw = self.blobs[0].xdiff.reshape(g, self.cg_out, self.cg_in, kh, kw)
+        dw += dwf.reshape(g, self.cg_in, kh, kw, self.cg_out)[:, :, ::-1, ::-1] \
+            .transpose(0, 4, 1, 2, 3)
 
     def _accumulate_flipped(self, image, col):
         """dW += the weight gradient from the flipped columns of the response gradient.
@@ -264,13 +277,10 @@ class _ConvolutionBase(Layer):
         need not be built again in backward."""
         xp = self.xp_of(self.blobs[0])
         n, g = image.shape[0], self.group
-        (h, w), (kh, kw) = self.img_hw, self.kernel
+        h, w = self.img_hw
         rows = cols.workspace("x_rows").get(xp, (g, self.cg_in, n, h * w), image.dtype)
         rows[...] = image.reshape(n, g, self.cg_in, h * w).transpose(1, 2, 0, 3)
-        dwf = xp.matmul(rows.reshape(g, self.cg_in, n * h * w), col)
-        dw = self.blobs[0].xdiff.reshape(g, self.cg_out, self.cg_in, kh, kw)
-        dw += dwf.reshape(g, self.cg_in, kh, kw, self.cg_out)[:, :, ::-1, ::-1] \
-            .transpose(0, 4, 1, 2, 3)
+        self._add_weight_diff_flipped(xp.matmul(rows.reshape(g, self.cg_in, n * h * w), col))
 
     def _image_from_response(self, res, img, image=None):
         """img (n, Ci, Hi, Wi) = the transpose of the convolution applied to res. With
@@ -328,6 +338,13 @@ class ConvolutionLayer(_ConvolutionBase):
 
     def forward(self, bottom, top):
         for i, (b, t) in enumerate(zip(bottom, top)):
+            if self.per_image:
+                bias = self._bias()
+                conv_cpu.forward(self, self._grouped(b.xdata, self.in_hw, self.conv_in),
+                                 self._grouped(t.xdata, (self.out_hw[0] * self.out_hw[1],),
+                                               self.conv_out),
+                                 None if bias is None else bias.reshape(self.group, -1))
+                continue
             x = self._batch(b.xdata, self.img_hw, self.conv_in)
             y = self._batch(t.xdata, self.res_hw, self.conv_out)
             for s in self._chunks():
@@ -340,6 +357,9 @@ class ConvolutionLayer(_ConvolutionBase):
         for i in reversed(range(len(top))):
             self._accumulate_bias_diff(top[i].xdiff)
             if not (want_w or propagate_down[i]):
+                continue
+            if self.per_image:
+                self._backward_per_image(top[i], bottom[i], want_w, propagate_down[i])
                 continue
             x = self._batch(bottom[i].xdata, self.img_hw, self.conv_in)
             dy = self._batch(top[i].xdiff, self.res_hw, self.conv_out)
@@ -364,6 +384,25 @@ class ConvolutionLayer(_ConvolutionBase):
                 dx = self._batch(bottom[i].xdiff, self.img_hw, self.conv_in)
                 for s in self._chunks(self.img_chunk):
                     self._image_from_response(dy[s], dx[s])
+
+
+    def _grouped(self, arr, spatial, channels):
+        """(N, G, C/G, *spatial) view of a contiguous blob array."""
+        return arr.reshape((self.num, self.group, channels // self.group) + tuple(spatial))
+
+    def _backward_per_image(self, top, bottom, want_w, want_x):
+        x = self._grouped(bottom.xdata, self.in_hw, self.conv_in)
+        dy = self._grouped(top.xdiff, self.out_hw, self.conv_out)
+        flip = want_x and self.flipped
+        if want_w or flip:
+            dx = self._grouped(bottom.xdiff, (self.in_hw[0] * self.in_hw[1],),
+                               self.conv_in) if flip else None
+            conv_cpu.weight_and_image_gradients(self, x, dy, dx, want_w, flip)
+        if want_x and not flip:     # strided: col2im through the whole-batch path
+            dyb = self._batch(top.xdiff, self.res_hw, self.conv_out)
+            dxb = self._batch(bottom.xdiff, self.img_hw, self.conv_in)
+            for s in self._chunks(self.img_chunk):
+                self._image_from_response(dyb[s], dxb[s])
 
 
 @register("Deconvolution")
