@@ -7,9 +7,9 @@ products that reach ~200 on square shapes. One image at a time per core keeps it
 (under 1 MB) in that core's cache from im2col to GEMM, and writes the output in NCHW order
 directly. A probe of the example's conv2 forward: 32 ms -> 21 ms.
 
-``run(fn, count)`` calls ``fn(lo, hi)`` on contiguous parts of ``range(count)``, one per
-worker (the calling thread takes the first), with BLAS held to one thread meanwhile
-(threadpoolctl), and returns the parts' results in order. The number of workers is BLAS's
+``run(fn, count, chunk)`` calls ``fn(lo, hi)`` on the chunks of ``range(count)``, the workers
+(the calling thread is one) taking chunks as they come free, with BLAS held to one thread
+meanwhile (threadpoolctl), and returns the chunks' results in order. The number of workers is BLAS's
 own thread count when first asked, so ``OPENBLAS_NUM_THREADS=1`` keeps everything on one core;
 ``set_workers`` overrides it.
 """
@@ -80,18 +80,28 @@ def _one_blas_thread():
                 _held["limiter"].restore_original_limits()
 
 
-def run(fn, count):
-    """[fn(lo, hi) for each part of range(count)], the parts run in parallel."""
-    parts = min(workers(), count)
-    if parts <= 1:
-        with _one_blas_thread():
-            return [fn(0, count)]
-    bounds = [(i * count // parts, (i + 1) * count // parts) for i in range(parts)]
-    pool = _pool(parts - 1)
+def run(fn, count, chunk=1):
+    """[fn(lo, hi) for each chunk of ``chunk`` items of range(count)], in chunk order. The
+    workers take chunks as they come free (a core slowed by another process does less), and
+    since the chunks do not depend on the number of workers, neither do the results."""
+    bounds = [(lo, min(count, lo + chunk)) for lo in range(0, count, chunk)]
+    results = [None] * len(bounds)
+    todo = iter(range(len(bounds)))     # next() on it is atomic under the GIL
+
+    def work():
+        for i in todo:
+            results[i] = fn(*bounds[i])
+
+    parts = min(workers(), len(bounds))
     with _one_blas_thread():
-        futures = [pool.submit(fn, lo, hi) for lo, hi in bounds[1:]]
+        if parts <= 1:
+            work()
+            return results
+        futures = [_pool(parts - 1).submit(work) for _ in range(parts - 1)]
         try:
-            first = fn(*bounds[0])
+            work()
         finally:
-            wait(futures)    # every part ends before BLAS gets its threads back
-    return [first] + [f.result() for f in futures]   # re-raises a worker's error
+            wait(futures)    # every chunk ends before BLAS gets its threads back
+    for f in futures:
+        f.result()           # re-raises a worker's error
+    return results

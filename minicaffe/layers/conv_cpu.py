@@ -18,6 +18,10 @@ from .. import cpu_threads
 from .. import im2col as cols
 from ..kernels import cpu
 
+# Images per work item. The weight gradient is summed per item, then over the items in order,
+# so it does not depend on the number of threads.
+CHUNK = 4
+
 
 def usable(layer, xp):
     return (xp is np and not layer.reverse and cpu.get("im2col", np) is not None and
@@ -52,7 +56,7 @@ def forward(layer, x, y, bias):
                 if bias is not None:
                     out += bias[g][:, None]
 
-    cpu_threads.run(part, x.shape[0])
+    cpu_threads.run(part, x.shape[0], CHUNK)
 
 
 def weight_and_image_gradients(layer, x, dy, dx, want_w, want_x):
@@ -99,7 +103,7 @@ def weight_and_image_gradients(layer, x, dy, dx, want_w, want_x):
                 acc[g] += prod
         return acc
 
-    parts = cpu_threads.run(part, x.shape[0])
+    parts = cpu_threads.run(part, x.shape[0], CHUNK)
     if want_w:
         total = parts[0]
         for p in parts[1:]:
