@@ -435,3 +435,26 @@ def test_per_image_path_float32_and_blas_threads_restored(per_image):
     np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-4)
     after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     assert after == before
+
+
+def test_per_image_results_do_not_depend_on_the_thread_count(per_image):
+    rs = np.random.RandomState(17)
+    x = rs.standard_normal((11, 4, 7, 7)).astype(np.float32)
+    dy = rs.standard_normal((11, 6, 7, 7)).astype(np.float32)
+    text = conv_text("num_output: 6 kernel_size: 3 pad: 1 group: 2")
+    got = []
+    for workers in (1, 2, 3):
+        per_image.set_workers(workers)
+        layer, bottom, top = setup_layer(layer_param(text), [x], dtype=np.float32)
+        if not got:
+            weights = [b.data.copy() for b in layer.blobs]
+        for b, w in zip(layer.blobs, weights):
+            b.data[...] = w
+        layer.forward(bottom, top)
+        top[0].diff[...] = dy
+        layer.blobs[0].diff[...] = 0
+        layer.backward(top, [True], bottom)
+        got.append((top[0].data.copy(), layer.blobs[0].diff.copy(), bottom[0].diff.copy()))
+    for other in got[1:]:
+        for a, b in zip(got[0], other):
+            np.testing.assert_array_equal(a, b)
