@@ -13,11 +13,12 @@ meanwhile (threadpoolctl), and returns the chunks' results in order. The number 
 own thread count when first asked, so ``OPENBLAS_NUM_THREADS=1`` keeps everything on one core;
 ``set_workers`` overrides it.
 """
+import os
 import threading
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, wait
 
-_state = {"blas": None, "workers": None, "pool": None, "pool_size": 0}
+_state = {"blas": None, "workers": None, "pool": None, "pool_size": 0, "pid": None}
 _lock = threading.Lock()
 
 
@@ -53,11 +54,14 @@ def set_workers(n):
 
 def _pool(size):
     with _lock:
+        # A forked child inherits the pool object but none of its threads: start afresh.
+        if _state["pool"] is not None and _state["pid"] != os.getpid():
+            _state["pool"], _state["pool_size"] = None, 0
         if _state["pool"] is None or _state["pool_size"] < size:
             if _state["pool"] is not None:
                 _state["pool"].shutdown(wait=False)
             _state["pool"] = ThreadPoolExecutor(size, thread_name_prefix="minicaffe-cpu")
-            _state["pool_size"] = size
+            _state["pool_size"], _state["pid"] = size, os.getpid()
         return _state["pool"]
 
 
