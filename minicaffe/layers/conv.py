@@ -25,6 +25,10 @@ own whole-batch columns from forward to backward (for dW) when they take at most
 processed in chunks of at most ``CHUNK_BYTES`` of columns through buffers shared by all layers
 of the thread. The image gradient's columns are chunked on their own, and only built when the
 bottom needs a gradient.
+
+That is the whole-batch path (CuPy, Deconvolution, numba off). Convolution on NumPy arrays
+with the numba kernels runs one image at a time per core instead (``conv_cpu.py``): the same
+products, cut per image, with nothing kept between forward and backward.
 """
 from .. import im2col as cols
 from . import conv_cpu
