@@ -104,7 +104,7 @@ def weight_and_image_gradients(layer, x, dy, dx, want_w, want_x):
         return acc
 
     parts = cpu_threads.run(part, x.shape[0], CHUNK)
-    if want_w:
+    if want_w and parts:
         total = parts[0]
         for p in parts[1:]:
             total += p
