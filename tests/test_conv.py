@@ -421,6 +421,32 @@ def test_per_image_path_matches_direct_loops_and_gradients(per_image, workers, c
     check_gradients(conv_text(settings), [x], check_bottom=[])    # weights only
 
 
+# Rows wider than KW*Cg: the columns are built in Caffe's (c, i, j) x (oh, ow) order.
+WIDE_CASES = {
+    "rgb_5x5": ("num_output: 4 kernel_size: 5 pad: 2", (3, 3, 5, 18), (1, 1), (2, 2), (1, 1), 1),
+    "stride_w2": ("num_output: 3 kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2 pad_w: 1",
+                  (3, 2, 5, 30), (1, 2), (0, 1), (1, 1), 1),
+    "dilated_group": ("num_output: 4 kernel_size: 3 dilation: 2 pad: 2 group: 2",
+                      (3, 4, 6, 16), (1, 1), (2, 2), (2, 2), 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WIDE_CASES))
+def test_per_image_caffe_order_columns(per_image, case):
+    from minicaffe.layers import conv_cpu
+    per_image.set_workers(2)
+    settings, shape, stride, pad, dilation, group = WIDE_CASES[case]
+    x = np.random.RandomState(19).standard_normal(shape)
+    layer, bottom, top = setup_layer(layer_param(conv_text(settings)), [x])
+    assert layer.per_image and conv_cpu.caffe_order(layer)
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, group),
+                               rtol=1e-10, atol=1e-10)
+    check_gradients(conv_text(settings), [x], check_bottom=[])   # dW from these columns
+    check_gradients(conv_text(settings), [x])
+
+
 def test_per_image_path_float32_and_blas_threads_restored(per_image):
     from threadpoolctl import threadpool_info
     before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]

@@ -68,6 +68,38 @@ def image_columns(x, n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
     _image_columns(x, n, 0, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n)
 
 
+@numba.njit(cache=True, nogil=True)
+def image_columns_caffe(x, n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
+    """One image in Caffe's own column order, serial: col[g, (c, i, j), (oh, ow)] = x[n, g, c,
+    oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside), through ``tmp`` (Cg, H+2ph, W+2pw).
+    Each copy is a run of OW values: the better order where KW*Cg is short (an RGB input:
+    runs of 15 values; conv1's columns in 50 instead of 90 us per image in a probe)."""
+    g_n, cg, h, w = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    hp, wp = h + 2 * ph, w + 2 * pw
+    ohw = oh_n * ow_n
+    t1 = tmp.reshape(-1)
+    for g in range(g_n):
+        t1[:] = 0
+        for c in range(cg):
+            for y in range(h):
+                base = (c * hp + y + ph) * wp + pw
+                for z in range(w):
+                    t1[base + z] = x[n, g, c, y, z]
+        c1 = col[g].reshape(-1)
+        for c in range(cg):
+            for i in range(kh):
+                for j in range(kw):
+                    d0 = ((c * kh + i) * kw + j) * ohw
+                    for oh in range(oh_n):
+                        s = (c * hp + oh * sh + i * dh) * wp + j * dw
+                        d = d0 + oh * ow_n
+                        if sw == 1:
+                            c1[d:d + ow_n] = t1[s:s + ow_n]
+                        else:
+                            for q in range(ow_n):
+                                c1[d + q] = t1[s + q * sw]
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _col2im_kernel(col, padded, kh, kw, sh, sw, dh, dw, oh_n, ow_n):
     g_n, n_img, hp, wp, cg = padded.shape

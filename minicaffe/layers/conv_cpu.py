@@ -32,27 +32,46 @@ def _kernel():
     return cpu.get("im2col", np).image_columns
 
 
+def caffe_order(layer):
+    """Whether to build columns in Caffe's (c, i, j) x (oh, ow) order, whose copies are runs of
+    OW values, rather than in (i, j, c) order (runs of KW*Cg): for a first layer on RGB input,
+    runs of 32 instead of 15. The weights then serve as they are, (Co, Ci*kh*kw)."""
+    return layer.kernel[1] * layer.cg_in < layer.res_hw[1]
+
+
 def _scratch(name, shape, dtype):
     return cols.workspace(name).get(np, shape, dtype)   # per thread: workspaces are
 
 
+def _columns_of_input(layer, x):
+    """(kernel, columns buffer shape, tmp shape, whether the columns are Caffe's order)."""
+    g_n, cgi, h, w = x.shape[1:]
+    (kh, kw), (ph, pw), (oh, ow) = layer.kernel, layer.pad, layer.res_hw
+    if caffe_order(layer):
+        return (cpu.get("im2col", np).image_columns_caffe, (g_n, kh * kw * cgi, oh * ow),
+                (cgi, h + 2 * ph, w + 2 * pw), True)
+    return (_kernel(), (g_n, oh * ow, kh * kw * cgi), (h + 2 * ph, (w + 2 * pw) * cgi), False)
+
+
 def forward(layer, x, y, bias):
     """y (N, G, Cgo, OH*OW) = the convolution of x (N, G, Cgi, H, W) (+ bias (G, Cgo))."""
-    image_columns = _kernel()
-    wk = layer._weights_rows(np)                       # (G, Cgo, kh*kw*Cgi)
-    g_n, cgi, h, w = x.shape[1:]
+    g_n = x.shape[1]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel, layer.stride, layer.pad, \
         layer.dilation
     oh, ow = layer.res_hw
+    columns, col_shape, tmp_shape, caffe = _columns_of_input(layer, x)
+    # Caffe's order multiplies the weights as they are; the other wants (i, j, c) rows.
+    wk = layer.blobs[0].xdata.reshape(g_n, layer.cg_out, -1) if caffe else \
+        layer._weights_rows(np)
 
     def part(lo, hi):
-        col = _scratch("conv_col", (g_n, oh * ow, kh * kw * cgi), x.dtype)
-        tmp = _scratch("conv_tmp", (h + 2 * ph, (w + 2 * pw) * cgi), x.dtype)
+        col = _scratch("conv_col", col_shape, x.dtype)
+        tmp = _scratch("conv_tmp", tmp_shape, x.dtype)
         for n in range(lo, hi):
-            image_columns(x, n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+            columns(x, n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
             for g in range(g_n):
                 out = y[n, g]
-                np.matmul(wk[g], col[g].T, out=out)
+                np.matmul(wk[g], col[g] if caffe else col[g].T, out=out)
                 if bias is not None:
                     out += bias[g][:, None]
 
@@ -75,6 +94,7 @@ def weight_and_image_gradients(layer, x, dy, dx, want_w, want_x):
         fph, fpw = layer.flip_pad
     else:
         (sh, sw), (ph, pw) = layer.stride, layer.pad
+        columns, col_shape, tmp_shape, caffe = _columns_of_input(layer, x)
 
     def part(lo, hi):
         acc = None
@@ -92,14 +112,15 @@ def weight_and_image_gradients(layer, x, dy, dx, want_w, want_x):
                         np.matmul(x[n, g].reshape(cgi, h * w), col[g], out=prod)
                         acc[g] += prod
             return acc
-        col = _scratch("conv_col", (g_n, oh * ow, kk * cgi), x.dtype)
-        tmp = _scratch("conv_tmp", (h + 2 * ph, (w + 2 * pw) * cgi), x.dtype)
+        col = _scratch("conv_col", col_shape, x.dtype)
+        tmp = _scratch("conv_tmp", tmp_shape, x.dtype)
         acc = np.zeros((g_n, cgo, kk * cgi), x.dtype)
         prod = _scratch("conv_prod", (cgo, kk * cgi), x.dtype)
         for n in range(lo, hi):
-            image_columns(x, n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+            columns(x, n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
             for g in range(g_n):
-                np.matmul(dy[n, g].reshape(cgo, oh * ow), col[g], out=prod)
+                np.matmul(dy[n, g].reshape(cgo, oh * ow), col[g].T if caffe else col[g],
+                          out=prod)
                 acc[g] += prod
         return acc
 
@@ -110,5 +131,8 @@ def weight_and_image_gradients(layer, x, dy, dx, want_w, want_x):
             total += p
         if flip:
             layer._add_weight_diff_flipped(total)
+        elif caffe:             # already in W's own (Co, Ci/G * kh * kw) order
+            dw = layer.blobs[0].xdiff.reshape(total.shape)
+            dw += total
         else:
             layer._add_weight_diff_rows(total)
