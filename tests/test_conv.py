@@ -449,7 +449,8 @@ def test_per_image_caffe_order_columns(per_image, case):
 
 def test_per_image_path_float32_and_blas_threads_restored(per_image):
     from threadpoolctl import threadpool_info
-    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    held = {lib["filepath"] for lib in per_image._blas().info()}
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["filepath"] in held]
     per_image.set_workers(2)
     x = np.random.RandomState(16).standard_normal((4, 3, 9, 9)).astype(np.float32)
     text = conv_text("num_output: 4 kernel_size: 5 pad: 2")
@@ -459,7 +460,7 @@ def test_per_image_path_float32_and_blas_threads_restored(per_image):
     want = naive_conv(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
                       (1, 1), (2, 2), (1, 1), 1)
     np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-4)
-    after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    after = [lib["num_threads"] for lib in threadpool_info() if lib["filepath"] in held]
     assert after == before
 
 

@@ -19,8 +19,11 @@ def three_workers():
 
 
 def blas_threads():
+    """Thread counts of the BLAS libraries cpu_threads holds (those loaded when it first
+    looked: NumPy's; a library loaded later, e.g. SciPy's own, is not NumPy's)."""
     from threadpoolctl import threadpool_info
-    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    held = {lib["filepath"] for lib in cpu_threads._blas().info()}
+    return [lib["num_threads"] for lib in threadpool_info() if lib["filepath"] in held]
 
 
 def test_results_in_chunk_order_from_several_threads():
