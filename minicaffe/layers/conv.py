@@ -385,10 +385,14 @@ class ConvolutionLayer(_ConvolutionBase):
                                                  self._response_rows(dy[s]))
             self._cached = None
             if propagate_down[i]:
-                dx = self._batch(bottom[i].xdiff, self.img_hw, self.conv_in)
-                for s in self._chunks(self.img_chunk):
-                    self._image_from_response(dy[s], dx[s])
+                self._image_gradient(top[i], bottom[i])
 
+    def _image_gradient(self, top, bottom):
+        """bottom's diff from top's, through the whole-batch path in chunks."""
+        dy = self._batch(top.xdiff, self.res_hw, self.conv_out)
+        dx = self._batch(bottom.xdiff, self.img_hw, self.conv_in)
+        for s in self._chunks(self.img_chunk):
+            self._image_from_response(dy[s], dx[s])
 
     def _grouped(self, arr, spatial, channels):
         """(N, G, C/G, *spatial) view of a contiguous blob array."""
@@ -403,10 +407,7 @@ class ConvolutionLayer(_ConvolutionBase):
                                self.conv_in) if flip else None
             conv_cpu.weight_and_image_gradients(self, x, dy, dx, want_w, flip)
         if want_x and not flip:     # strided: col2im through the whole-batch path
-            dyb = self._batch(top.xdiff, self.res_hw, self.conv_out)
-            dxb = self._batch(bottom.xdiff, self.img_hw, self.conv_in)
-            for s in self._chunks(self.img_chunk):
-                self._image_from_response(dyb[s], dxb[s])
+            self._image_gradient(top, bottom)
 
 
 @register("Deconvolution")

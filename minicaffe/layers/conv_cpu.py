@@ -40,7 +40,7 @@ def caffe_order(layer):
 
 
 def _scratch(name, shape, dtype):
-    return cols.workspace(name).get(np, shape, dtype)   # per thread: workspaces are
+    return cols.workspace(name).get(np, shape, dtype)   # workspaces are per thread
 
 
 def _columns_of_input(layer, x):
