@@ -17,7 +17,7 @@ def _stages(args):
 
 
 def _first_gpu(flag):
-    """test and time run on one device: the first of a --gpu list ('all' is left to select)."""
+    """test and time run on one device: the first of a --gpu list ('all' goes to select_device as is)."""
     return flag.split(",")[0] if flag and flag != "all" else flag
 
 
