@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from minicaffe.cli import normalize_argv
+from minicaffe.cli.entry import normalize_argv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ")

@@ -14,7 +14,7 @@ from minicaffe.data import db as dbm
 from minicaffe.data.image import decode_image, encode_image, read_image, resize_bilinear
 from minicaffe.data.imageset import convert_imageset, read_image_list
 from minicaffe.data.mean import compute_image_mean
-from minicaffe.data.transformer import DataTransformer
+from minicaffe.data.data_transformer import DataTransformer
 from minicaffe.errors import LayerError, MiniCaffeError
 from minicaffe.io import read_mean
 from minicaffe.layer import create_layer

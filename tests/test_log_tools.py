@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from minicaffe.log_parser import parse_log
+from minicaffe.training_log import parse_log
 
 HERE = os.path.dirname(__file__)
 LOG = os.path.join(HERE, "data", "caffe_train_excerpt.log")

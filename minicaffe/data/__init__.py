@@ -7,4 +7,4 @@ from .db import (LMDBWriter, array_to_datum, datum_to_array, iter_datums,  # noq
                  iter_items, num_entries)
 from .image import decode_image, encode_image, read_image, resize_bilinear  # noqa: F401
 from .mean import compute_image_mean, mean_to_blobproto  # noqa: F401
-from .transformer import DataTransformer  # noqa: F401
+from .data_transformer import DataTransformer  # noqa: F401

@@ -19,7 +19,7 @@ from .. import backend
 from ..data.db import LEVELDB_HINT, LoopingCursor, is_lmdb, iter_items, parse_datum
 from ..data.image import read_image
 from ..data.imageset import read_image_list
-from ..data.transformer import DataTransformer
+from ..data.data_transformer import DataTransformer
 from ..errors import LayerError, MiniCaffeError
 from ..layer import Layer, register
 from ..proto import caffe_pb2

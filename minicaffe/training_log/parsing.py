@@ -9,7 +9,6 @@ Recognised lines (glog prefix optional):
   ...     Train net output #0: loss = 1.7 (* 1 = 1.7 loss)
 Seconds are taken from the glog timestamps (relative to the first one).
 """
-import csv
 import re
 from datetime import datetime
 
@@ -67,17 +66,3 @@ def parse_log(lines):
                                         "LearningRate": state["lr"], "TestNet": state["test_net"]})
             row[m.group(2)] = float(m.group(3))
     return ([train[k] for k in sorted(train)], [test[k] for k in sorted(test)])
-
-
-def write_csv(rows, path, first=("NumIters", "Seconds", "LearningRate")):
-    cols = [c for c in first if any(c in r for r in rows)]
-    for r in rows:
-        for c in r:
-            if c not in cols:
-                cols.append(c)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
-    return cols

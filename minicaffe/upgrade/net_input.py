@@ -1,14 +1,9 @@
-"""Bring older NetParameter forms up to date, as Caffe's UpgradeNetAsNeeded does on load.
-
-In Caffe's order: V0 layers → V1 layers (upgrade_v1.upgrade_v0_net), V1 ``layers`` → ``layer``
-(with the old data-transform fields moved to transform_param), the net-level
-``input``/``input_shape``/``input_dim`` fields → an Input layer. Unlike Caffe, BatchNorm
-layers with three learned param specs are not silently frozen: the layer rejects them.
-"""
+"""The legacy net-level ``input``/``input_shape``/``input_dim`` fields → an Input layer
+(Caffe's UpgradeNetInput)."""
 import logging
 
-from .errors import MiniCaffeError
-from .proto import caffe_pb2
+from ..errors import MiniCaffeError
+from ..proto import caffe_pb2
 
 log = logging.getLogger("minicaffe")
 
@@ -53,19 +48,3 @@ def upgrade_net_input(param):
     param.ClearField("input_shape")
     param.ClearField("input_dim")
     return True
-
-
-def upgrade_net(param, source="<net>"):
-    """Upgrade ``param`` in place; returns it."""
-    from . import upgrade_v1
-    if upgrade_v1.net_is_v0(param):
-        upgrade_v1.upgrade_v0_net(param)
-        log.info("%s: upgraded V0 layer definitions to V1", source)
-    if len(param.layers):
-        upgrade_v1.upgrade_v1_net(param)
-        log.info("%s: upgraded V1 'layers' to 'layer'", source)
-    upgrade_net_input(param)
-    # Caffe's UpgradeNetBatchNorm silently zeroes lr_mult on BatchNorm layers with three
-    # param specs; minicaffe rejects a learned statistic instead (the layer names it), so a
-    # solver can never be told to train the running averages.
-    return param

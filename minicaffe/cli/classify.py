@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from .errors import MiniCaffeError
+from ..errors import MiniCaffeError
 
 
 def _labels(path, n):
@@ -20,15 +20,15 @@ def _labels(path, n):
             names = [ln.strip() for ln in f if ln.strip()]
         return names
     if n == 10:
-        from .data.cifar10 import CLASSES
+        from ..data.cifar10 import CLASSES
         return list(CLASSES)
     return [str(i) for i in range(n)]
 
 
 def classify(model, weights, images, mean=None, labels=None, top_k=5, channel_swap=None,
              output=None):
-    from . import io as cio
-    from .net import TEST, Net
+    from .. import io as cio
+    from ..net import TEST, Net
     net = Net(model, weights, TEST)
     inp = net.inputs[0]
     shape = net.blobs[inp].shape
