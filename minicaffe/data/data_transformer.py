@@ -21,6 +21,7 @@ from .. import backend
 from ..errors import LayerError
 from ..proto import caffe_pb2
 from .db import datum_to_array
+from .fork_transforms import ForkTransforms
 
 log = logging.getLogger("minicaffe")
 
@@ -53,6 +54,7 @@ class DataTransformer:
         self.mean_values = np.asarray(p.mean_value, dtype=np.float32) if len(p.mean_value) \
             else None
         self._warned_force = False
+        self.fork = ForkTransforms(p, self.fail, name)
 
     # -- helpers ---------------------------------------------------------------------------------
     def fail(self, message):
@@ -90,6 +92,9 @@ class DataTransformer:
 
     def infer_shape(self, chw):
         """Output (C, h, w) for an input image of shape (C, H, W)."""
+        return self._crop_shape(self.fork.resized_chw(chw))
+
+    def _crop_shape(self, chw):
         c, h, w = (int(s) for s in chw)
         if c <= 0:
             self.fail(f"input image has {c} channels")
@@ -137,6 +142,7 @@ class DataTransformer:
 
         ``choices`` = (mirror, h_off, w_off) arrays overrides the random draws (for tests).
         """
+        images = self.fork.apply(images, self.rng)
         if isinstance(images, np.ndarray) and images.ndim == 4:
             stacked = images
             shapes = [images.shape[1:]] * images.shape[0]
@@ -147,7 +153,7 @@ class DataTransformer:
         n = len(shapes)
         if n == 0:
             self.fail("no images to transform")
-        out_shapes = {self.infer_shape(s) for s in shapes}
+        out_shapes = {self._crop_shape(s) for s in shapes}
         if len(out_shapes) != 1:
             self.fail("the images of a batch give different output shapes "
                       f"{sorted(out_shapes)}; set crop_size (or resize) so they agree")

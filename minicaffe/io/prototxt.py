@@ -31,7 +31,12 @@ def parse_text(text, message, source="<string>"):
 
 
 def read_prototxt(path, message):
-    return parse_text(read_text(path), message, source=path)
+    parse_text(read_text(path), message, source=path)
+    if message.DESCRIPTOR.full_name == "caffe.NetParameter":
+        # Here the warning can name the file; the layer's own check then stays silent.
+        from ..data.fork_transforms import warn_ignored_fields
+        warn_ignored_fields(message, path)
+    return message
 
 
 def write_prototxt(message, path):
