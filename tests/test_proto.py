@@ -64,7 +64,7 @@ def test_layer_parameter_field_numbers(name, number):
 
 
 def test_message_count():
-    assert len(pb.DESCRIPTOR.message_types_by_name) == 63
+    assert len(pb.DESCRIPTOR.message_types_by_name) == 88
     assert set(pb.DESCRIPTOR.enum_types_by_name) == {"Phase"}
 
 
