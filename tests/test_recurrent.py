@@ -252,3 +252,53 @@ def test_net_runs_saves_and_reloads_the_weights(tmp_path):
     assert [p.data.shape for p in again.params["lstm"]] == [(12, 2), (12,), (12, 3)]
     for a, b in zip(again.params["lstm"], net.params["lstm"]):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+def _gpu_ready():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+GPU_CASES = [(rec_text("RNN"), [(T, N, 2), "cont", (N, 5)], 1, [True, False, True]),
+             (rec_text("LSTM", "expose_hidden: true"), [(T, N, 2), "cont", (1, N, H), (1, N, H)],
+              3, [True, False, True, True]),
+             ('type: "LSTMUnit"', [(1, N, H), (1, N, 4 * H), "cont1"], 2, [True, True, False])]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs CuPy and an NVIDIA GPU")
+@pytest.mark.parametrize("case", range(len(GPU_CASES)))
+def test_gpu_matches_cpu(case):
+    import minicaffe as caffe
+    from minicaffe.blob import Blob
+    from minicaffe.layer import create_layer
+    text, shapes, num_top, prop = GPU_CASES[case]
+    rs = np.random.RandomState(13)
+    arrays = [conts() if s == "cont" else np.array([[1.0, 0.0, 1.0]]) if s == "cont1" else
+              rs.standard_normal(s) for s in shapes]
+    diffs = None
+    results = []
+    for mode in (caffe.set_mode_cpu, caffe.set_mode_gpu):
+        mode()
+        caffe.set_random_seed(3)
+        layer = create_layer(layer_param(text))
+        bottom = [Blob(a.shape) for a in arrays]
+        for b, a in zip(bottom, arrays):
+            b.data[...] = a
+        top = [Blob() for _ in range(num_top)]
+        layer.setup(bottom, top)
+        layer.forward(bottom, top)
+        if diffs is None:
+            diffs = [rs.standard_normal(t.shape) for t in top]
+        for t, d in zip(top, diffs):
+            t.diff[...] = d
+        layer.backward(top, prop, bottom)
+        results.append([t.data.copy() for t in top] +
+                       [b.diff.copy() for b, p in zip(bottom, prop) if p] +
+                       [b.diff.copy() for b in layer.blobs])
+    caffe.set_mode_cpu()
+    for cpu, gpu in zip(*results):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
