@@ -38,6 +38,12 @@ def make_layer(tmp_path, source, window="", transform="", prefetch=0):
     return setup_layer(layer_param(text), [], num_top=2, dtype=np.float32)
 
 
+def one_window_layer(tmp_path, img, window, opts, transform):
+    """A layer over one image holding one foreground window, batches of ``opts``."""
+    src = window_file(tmp_path, [(img, [window])])
+    return make_layer(tmp_path, src, "fg_fraction: 1 " + opts, transform)[::2]
+
+
 def forward(layer, top):
     layer.forward([], top)
     return top[0].data.copy(), top[1].data.copy()
@@ -64,10 +70,9 @@ def test_sampling_fractions_and_thresholds(tmp_path):
 
 def test_warp_matches_block_means(tmp_path):
     img = bgr_image(8, 8, 1)
-    src = window_file(tmp_path, [(img, [(1, 1.0, 2, 0, 5, 3)])])
-    layer, _, top = make_layer(tmp_path, src, "batch_size: 2 fg_fraction: 1 scale: 0.5",
-                               "crop_size: 2 mean_value: 10 mean_value: 20 mean_value: 30")
-    data, labels = forward(layer, top)
+    data, labels = forward(*one_window_layer(
+        tmp_path, img, (1, 1.0, 2, 0, 5, 3), "batch_size: 2 scale: 0.5",
+        "crop_size: 2 mean_value: 10 mean_value: 20 mean_value: 30"))
     box = img[:, 0:4, 2:6].astype(np.float64)
     want = np.zeros((3, 2, 2))
     for c in range(3):
@@ -83,15 +88,14 @@ def test_warp_matches_block_means(tmp_path):
 def test_square_crop_with_mean_file(tmp_path):
     img = bgr_image(8, 8, 2)
     # box 4 wide, 2 high -> square of half-size 2 around (4, 4): pixels 2..6 both ways
-    src = window_file(tmp_path, [(img, [(3, 1.0, 2, 3, 5, 4)])])
     mean = np.arange(3 * 7 * 7, dtype=np.float32).reshape(1, 3, 7, 7) / 10
     bp = caffe_pb2.BlobProto()
     bp.shape.dim.extend(mean.shape)
     bp.data.extend(mean.ravel().tolist())
     (tmp_path / "mean.binaryproto").write_bytes(bp.SerializeToString())
-    layer, _, top = make_layer(tmp_path, src, 'batch_size: 1 fg_fraction: 1 crop_mode: "square"',
-                               f'crop_size: 5 mean_file: "{tmp_path}/mean.binaryproto"')
-    data, _ = forward(layer, top)
+    data, _ = forward(*one_window_layer(
+        tmp_path, img, (3, 1.0, 2, 3, 5, 4), 'batch_size: 1 crop_mode: "square"',
+        f'crop_size: 5 mean_file: "{tmp_path}/mean.binaryproto"'))
     off = (7 - 5) // 2
     want = img[:, 2:7, 2:7].astype(np.float32) - mean[0, :, off:off + 5, off:off + 5]
     np.testing.assert_allclose(data[0], want, rtol=0, atol=1e-5)
@@ -100,9 +104,8 @@ def test_square_crop_with_mean_file(tmp_path):
 def test_clipped_context_is_zero_and_mirror_moves_the_padding(tmp_path):
     img = bgr_image(8, 8, 3)
     # square around x 4..7, y 3..4: columns 4..8 of which 8 is outside the image
-    src = window_file(tmp_path, [(img, [(1, 1.0, 4, 3, 7, 4)])])
-    layer, _, top = make_layer(tmp_path, src, 'batch_size: 4 fg_fraction: 1 crop_mode: "square"',
-                               "crop_size: 5 mirror: true")
+    layer, top = one_window_layer(tmp_path, img, (1, 1.0, 4, 3, 7, 4),
+                                  'batch_size: 4 crop_mode: "square"', "crop_size: 5 mirror: true")
     plain = np.zeros((3, 5, 5), np.float32)
     plain[:, :, 0:4] = img[:, 2:7, 4:8]
     mirrored = np.zeros((3, 5, 5), np.float32)
@@ -121,10 +124,9 @@ def test_clipped_context_is_zero_and_mirror_moves_the_padding(tmp_path):
 def test_context_pad_clipped_at_the_top(tmp_path):
     img = bgr_image(8, 8, 4)
     # box x 0..3, y 0..1 squared: x -> 0..4, y -> -1..3; crop 5 keeps scale 1, row 0 is padding
-    src = window_file(tmp_path, [(img, [(2, 1.0, 0, 0, 3, 1)])])
-    layer, _, top = make_layer(tmp_path, src, 'batch_size: 1 fg_fraction: 1 crop_mode: "square"',
-                               "crop_size: 5 mean_value: 7")
-    data, _ = forward(layer, top)
+    data, _ = forward(*one_window_layer(tmp_path, img, (2, 1.0, 0, 0, 3, 1),
+                                        'batch_size: 1 crop_mode: "square"',
+                                        "crop_size: 5 mean_value: 7"))
     want = np.zeros((3, 5, 5), np.float32)
     want[:, 1:5, :] = img[:, 0:4, 0:5].astype(np.float32) - 7
     np.testing.assert_array_equal(data[0], want)
