@@ -29,6 +29,12 @@ def layer(kind, params="", bottoms="a", top="out", name="l"):
 
 
 IMG = (2, 3, 7, 8)
+
+
+def pool(settings):
+    return inputs(IMG), layer("Pooling", f"pooling_param {{ pool: {settings} }}")
+
+
 CASES = {
     "conv": (inputs(IMG), layer("Convolution", f"convolution_param {{ num_output: 4 "
                                                f"kernel_size: 3 pad: 1 stride: 2 dilation: 2 {F} }}")),
@@ -40,18 +46,12 @@ CASES = {
     "ip": (inputs(IMG), layer("InnerProduct", f"inner_product_param {{ num_output: 5 {F} }}")),
     "ip_axis2_transpose": (inputs(IMG), layer("InnerProduct", "inner_product_param { "
                                               f"num_output: 4 axis: 2 transpose: true {F} }}")),
-    "max_pool_ceil_pad": (inputs(IMG), layer("Pooling", "pooling_param { pool: MAX "
-                                             "kernel_size: 3 stride: 2 pad: 1 }")),
-    "ave_pool_ceil_overhang": (inputs(IMG), layer("Pooling", "pooling_param { pool: AVE "
-                                                  "kernel_size: 3 stride: 2 }")),
-    "ave_pool_pad": (inputs(IMG), layer("Pooling", "pooling_param { pool: AVE kernel_h: 3 "
-                                        "kernel_w: 2 stride: 2 pad_h: 1 pad_w: 1 }")),
-    "ave_pool_floor": (inputs(IMG), layer("Pooling", "pooling_param { pool: AVE kernel_size: 3 "
-                                          "stride: 2 round_mode: FLOOR }")),
-    "global_max": (inputs(IMG), layer("Pooling", "pooling_param { pool: MAX "
-                                      "global_pooling: true }")),
-    "global_ave": (inputs(IMG), layer("Pooling", "pooling_param { pool: AVE "
-                                      "global_pooling: true }")),
+    "max_pool_ceil_pad": pool("MAX kernel_size: 3 stride: 2 pad: 1"),
+    "ave_pool_ceil_overhang": pool("AVE kernel_size: 3 stride: 2"),
+    "ave_pool_pad": pool("AVE kernel_h: 3 kernel_w: 2 stride: 2 pad_h: 1 pad_w: 1"),
+    "ave_pool_floor": pool("AVE kernel_size: 3 stride: 2 round_mode: FLOOR"),
+    "global_max": pool("MAX global_pooling: true"),
+    "global_ave": pool("AVE global_pooling: true"),
     "relu": (inputs(IMG), layer("ReLU")),
     "leaky_relu_in_place": (inputs(IMG), layer("ReLU", "relu_param { negative_slope: 0.1 }",
                                                top="a")),
