@@ -263,9 +263,34 @@ CASES = {
     "SPP": [case('type: "SPP" spp_param { pyramid_height: 3 pool: MAX }', [rn(2, 3, 9, 8)]),
             case('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [rn(2, 3, 7, 5)]),
             case('type: "SPP" spp_param { pyramid_height: 1 }', [rn(2, 3, 5, 4)])],
+    "LSTM": [case(f'type: "LSTM" recurrent_param {{ num_output: 3 expose_hidden: true {F} }}',
+                  [rn(4, 3, 2), ints(2, 4, 3), rn(3, 5), rn(1, 3, 3), rn(1, 3, 3)], num_top=3,
+                  prop=[True, False, True, True, True])],
+    "LSTMUnit": [case('type: "LSTMUnit"', [rn(1, 3, 4), rn(1, 3, 16), ints(2, 1, 3)], num_top=2,
+                      prop=[True, True, False])],
+    "RNN": [case(f'type: "RNN" recurrent_param {{ num_output: 3 {F} }}',
+                 [rn(4, 3, 2), ints(2, 4, 3), rn(3, 5)], prop=[True, False, True])],
+    "Normalize": [case('type: "Normalize" norm_param { across_spatial: false channel_shared: false '
+                       'scale_filler { type: "gaussian" std: 1 } }', [rn(2, 3, 4, 5)]),
+                  case('type: "Normalize" norm_param { across_spatial: true }', [rn(2, 3, 4, 5)])],
+    "Permute": [case('type: "Permute" permute_param { order: 0 order: 2 order: 3 order: 1 }',
+                     [rn(2, 3, 4, 5)])],
+    "PriorBox": [case('type: "PriorBox" prior_box_param { min_size: 4 max_size: 9 '
+                      'aspect_ratio: 2 flip: true clip: true variance: 0.1 variance: 0.2 }',
+                      [rn(1, 2, 3, 3), rn(1, 3, 12, 12)], forward_only=True)],
+    "DetectionOutput": [case('type: "DetectionOutput" detection_output_param { num_classes: 3 '
+                             'nms_param { nms_threshold: 0.45 } keep_top_k: 5 '
+                             'confidence_threshold: 0.1 }',
+                             [lambda r: (0.1 * r.standard_normal((2, 16))).astype(np.float32),
+                              probs(8, 3),
+                              lambda r: np.concatenate([
+                                  np.tile(np.array([[0.1, 0.1, 0.5, 0.5], [0.4, 0.3, 0.9, 0.8]],
+                                                   np.float32), (2, 1)).reshape(1, 1, 16),
+                                  np.full((1, 1, 16), 0.1, np.float32)], axis=1)],
+                             forward_only=True)],
 }
 
-DATA_LAYERS = ("Data", "ImageData", "HDF5Data", "MemoryData", "HDF5Output")   # checked by test_data_layers_parity
+DATA_LAYERS = ("Data", "ImageData", "HDF5Data", "MemoryData", "HDF5Output", "WindowData")   # checked by test_data_layers_parity
 
 USER_LAYERS = '''
 import minicaffe as caffe

@@ -90,8 +90,8 @@ def test_test_phase_accuracy_and_weights_round_trip(model, tmp_path):
 
 def test_unimplemented_type_is_named(tmp_path):
     p = tmp_path / "x.prototxt"
-    p.write_text('layer { name: "w" type: "WindowData" top: "d" }')
-    with pytest.raises(caffe.LayerError, match="layer 'w': unknown layer type 'WindowData'"):
+    p.write_text('layer { name: "w" type: "NoSuchLayer" top: "d" }')
+    with pytest.raises(caffe.LayerError, match="layer 'w': unknown layer type 'NoSuchLayer'"):
         caffe.Net(str(p), caffe.TRAIN)
 
 
