@@ -276,13 +276,14 @@ CASES = {
     "Permute": [case('type: "Permute" permute_param { order: 0 order: 2 order: 3 order: 1 }',
                      [rn(2, 3, 4, 5)])],
     "PriorBox": [case('type: "PriorBox" prior_box_param { min_size: 4 max_size: 9 '
-                      'aspect_ratio: 2 flip: true clip: true variance: 0.1 variance: 0.2 }',
+                      'aspect_ratio: 2 flip: true clip: true variance: 0.1 variance: 0.1 '
+                      'variance: 0.2 variance: 0.2 }',
                       [rn(1, 2, 3, 3), rn(1, 3, 12, 12)], forward_only=True)],
     "DetectionOutput": [case('type: "DetectionOutput" detection_output_param { num_classes: 3 '
                              'nms_param { nms_threshold: 0.45 } keep_top_k: 5 '
                              'confidence_threshold: 0.1 }',
                              [lambda r: (0.1 * r.standard_normal((2, 16))).astype(np.float32),
-                              probs(8, 3),
+                              lambda r: probs(8, 3)(r).reshape(2, 12),
                               lambda r: np.concatenate([
                                   np.tile(np.array([[0.1, 0.1, 0.5, 0.5], [0.4, 0.3, 0.9, 0.8]],
                                                    np.float32), (2, 1)).reshape(1, 1, 16),
