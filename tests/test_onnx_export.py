@@ -155,3 +155,32 @@ def test_unsupported_layer_is_named(tmp_path):
                                                                    top="p", name="prelu1"))
     with pytest.raises(MiniCaffeError, match="'prelu1' \\(type PReLU\\)"):
         export_onnx(str(model), None, str(tmp_path / "m.onnx"))
+
+
+def test_export_command_writes_a_model_onnxruntime_runs(tmp_path):
+    from minicaffe.cli import main
+    model = tmp_path / "deploy.prototxt"
+    model.write_text(
+        'layer { name: "data" type: "Input" top: "data" '
+        'input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } } }\n'
+        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param '
+        '{ num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+        'layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }\n')
+    net = caffe.Net(str(model), caffe.TEST)
+    weights = tmp_path / "w.caffemodel"
+    net.save(str(weights))
+    out = tmp_path / "m.onnx"
+    assert main(["export", "onnx", "--model", str(model), "--weights", str(weights),
+                 "--out", str(out)]) == 0
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    expected = net.forward()["conv"].copy()
+    got = ort.InferenceSession(str(out)).run(None, {"data": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_export_command_names_the_missing_model(tmp_path, capsys):
+    from minicaffe.cli import main
+    assert main(["export", "onnx", "--model", str(tmp_path / "nope.prototxt"),
+                 "--out", str(tmp_path / "m.onnx")]) == 1
+    assert "nope.prototxt" in capsys.readouterr().err

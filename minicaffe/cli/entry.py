@@ -31,6 +31,7 @@ def build_parser():
     usage = "minicaffe <command> [--flag value ...]"
     epilog = "commands:\n" + "\n".join(f"  {k:<15} {v}" for k, v in VERBS.items()) + (
         "\n  data cifar10    get CIFAR-10 and convert it to LMDBs (see its --help)" +
+        "\n  export onnx     write a deploy net and its weights as an ONNX model" +
         "\n  classify        top-k classes of images through a deploy net" +
         "\n  draw            render a net prototxt with graphviz" +
         "\n  fold-bn         fold BatchNorm/Scale/Bias into the preceding conv/ip weights" +

@@ -1,5 +1,5 @@
-"""``minicaffe`` verbs whose module parses its own arguments: data tools, classify, draw,
-fold-bn. Each one is named as "module:function", a function(argv) -> exit status."""
+"""``minicaffe`` verbs whose module parses its own arguments: data tools, export, classify,
+draw, fold-bn. Each one is named as "module:function", a function(argv) -> exit status."""
 import importlib
 import sys
 
@@ -7,7 +7,8 @@ from ..logging_setup import setup_logging
 from .exit_status import run_guarded
 
 # Verbs with subcommands: name -> {subcommand: "module:function"}.
-WITH_SUBCOMMANDS = {"data": {"cifar10": "minicaffe.data.cifar10:main_cifar10"}}
+WITH_SUBCOMMANDS = {"data": {"cifar10": "minicaffe.data.cifar10:main_cifar10"},
+                    "export": {"onnx": "minicaffe.export.onnx:main_export_onnx"}}
 # Verbs that are one function: name -> "module:function".
 SINGLE = {"draw": "minicaffe.draw:main_draw", "fold-bn": "minicaffe.fold_bn:main_fold_bn",
           "classify": "minicaffe.cli.classify:main_classify"}

@@ -161,3 +161,19 @@ def export_onnx(model_path, weights_path, out_path, opset=DEFAULT_OPSET):
     model = build_model(net, opset)
     onnx.save(model, out_path)
     return model
+
+
+def main_export_onnx(argv=None, prog="minicaffe export onnx"):
+    """``minicaffe export onnx --model M [--weights W] --out F [--opset N]``."""
+    import argparse
+    ap = argparse.ArgumentParser(prog=prog, description="Write a Caffe net (TEST phase) as an "
+                                 "ONNX model (needs: pip install -e '.[onnx]').")
+    ap.add_argument("--model", required=True, help="deploy prototxt")
+    ap.add_argument("--weights", default=None,
+                    help=".caffemodel (left out: the prototxt's fillers' weights)")
+    ap.add_argument("--out", required=True, help="the .onnx file to write")
+    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    args = ap.parse_args(argv)
+    model = export_onnx(args.model, args.weights, args.out, args.opset)
+    print(f"wrote {args.out} ({len(model.graph.node)} ONNX nodes, opset {args.opset})")
+    return 0
