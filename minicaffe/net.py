@@ -25,6 +25,24 @@ TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 
 
+def _weights_and_phase(model, args, weights, phase):
+    """(weights, phase) from pycaffe's positional forms ``[weights,] phase``; a NetParameter
+    with a phase in its state needs none."""
+    args = list(args)
+    if args and isinstance(args[0], (str, os.PathLike)):
+        weights = args.pop(0)
+    if args:
+        phase = args.pop(0)
+    if args:
+        raise TypeError("Net(model, [weights,] phase)")
+    if phase is None:
+        if isinstance(model, caffe_pb2.NetParameter) and model.state.HasField("phase"):
+            phase = model.state.phase
+        else:
+            raise TypeError("Net needs a phase: caffe.TRAIN or caffe.TEST")
+    return weights, phase
+
+
 class Net:
     """A network in TRAIN or TEST phase.
 
@@ -33,18 +51,7 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, level=0, stages=()):
-        args = list(args)
-        if args and isinstance(args[0], (str, os.PathLike)):
-            weights = args.pop(0)
-        if args:
-            phase = args.pop(0)
-        if args:
-            raise TypeError("Net(model, [weights,] phase)")
-        if phase is None:
-            if isinstance(model, caffe_pb2.NetParameter) and model.state.HasField("phase"):
-                phase = model.state.phase
-            else:
-                raise TypeError("Net needs a phase: caffe.TRAIN or caffe.TEST")
+        weights, phase = _weights_and_phase(model, args, weights, phase)
         self.phase = phase
         self.source = model if not isinstance(model, caffe_pb2.NetParameter) else "<NetParameter>"
         param = load_net_param(model, phase, level, stages)
