@@ -16,16 +16,22 @@ def snapshot_filename(prefix, it, extension):
     return f"{prefix}_iter_{it}{extension}"
 
 
-def prefix_is_writeable(prefix):
-    """Whether a file can be created next to the snapshots (Caffe's CheckSnapshotWritePermissions)."""
-    probe = snapshot_filename(prefix, 0, ".tempfile")
+def snapshot_prefix_problem(p):
+    """What keeps the snapshots SolverParameter ``p`` asks for from being written, or None
+    (Caffe's CheckSnapshotWritePermissions: a probe file is created and removed)."""
+    if not p.snapshot:
+        return None
+    if not p.snapshot_prefix:
+        return "snapshot is set but snapshot_prefix is not"
+    probe = snapshot_filename(p.snapshot_prefix, 0, ".tempfile")
     try:
         with open(probe, "w"):
             pass
         os.remove(probe)
     except OSError:
-        return False
-    return True
+        return (f"cannot write to snapshot prefix '{p.snapshot_prefix}'; make sure that the "
+                "directory exists and is writeable")
+    return None
 
 
 def write_solver_state(state_file, it, current_step, model_file, history):

@@ -2,10 +2,10 @@
 
 ``Solver`` builds the train net and the test nets (sharing the train net's weights) from a
 SolverParameter (``solver_nets``) and runs the loop of Caffe's ``Solver::Step``: clear the
-parameter diffs, test every ``test_interval``, accumulate ``iter_size`` forward/backward passes,
-display the smoothed loss (``smoothed_loss``), apply the update (subclasses: see ``sgd.py``),
-snapshot every ``snapshot`` iterations (``snapshot_files``). Signals reach the loop through
-``action_function`` (the command line sets it).
+parameter diffs, test every ``test_interval`` (``evaluation``), accumulate ``iter_size``
+forward/backward passes, display the smoothed loss (``smoothed_loss``), apply the update
+(subclasses: see ``sgd.py``), snapshot every ``snapshot`` iterations (``snapshot_files``).
+Signals reach the loop through ``action_function`` (the command line sets it).
 
 Reproducibility: with ``random_seed >= 0`` the seed is applied before the nets are built (the
 initial weights), and at the start of every iteration the host random generator is re-keyed
@@ -17,7 +17,7 @@ not record (nor does Caffe's).
 
 GPU mode: the nets live on the device and the loop never waits for it. A loss is a device
 scalar, read in batches (see ``smoothed_loss``); test outputs are summed on the device and
-read once per test.
+read once per test (see ``evaluation``).
 """
 import logging
 import time
@@ -28,9 +28,10 @@ from google.protobuf import text_format
 from .. import backend
 from ..errors import MiniCaffeError
 from ..io.protobinary import write_binary
+from .evaluation import evaluate
 from .log_lines import cpp_float, log_net_outputs
 from .smoothed_loss import SmoothedLoss
-from .snapshot_files import prefix_is_writeable, snapshot_filename
+from .snapshot_files import snapshot_filename, snapshot_prefix_problem
 from .solver_nets import build_test_nets, build_train_net
 from .solver_param import SolverParameter, load_solver_param
 
@@ -61,7 +62,6 @@ class Solver:
         log.info("Initializing solver from parameters: \n%s",
                  text_format.MessageToString(param).rstrip())
         self._check_param()
-        self._check_snapshot_permissions()
         if param.random_seed >= 0:
             backend.set_random_seed(param.random_seed)
         self.net = build_train_net(param, source)
@@ -96,16 +96,9 @@ class Solver:
             raise self._error(f"iter_size must be at least 1, got {p.iter_size}")
         if p.snapshot_format == SolverParameter.HDF5:
             log.warning("snapshot_format HDF5 is not supported; writing BINARYPROTO snapshots")
-
-    def _check_snapshot_permissions(self):
-        p = self.param
-        if not p.snapshot:
-            return
-        if not p.snapshot_prefix:
-            raise self._error("snapshot is set but snapshot_prefix is not")
-        if not prefix_is_writeable(p.snapshot_prefix):
-            raise self._error(f"cannot write to snapshot prefix '{p.snapshot_prefix}'; make sure "
-                              "that the directory exists and is writeable")
+        problem = snapshot_prefix_problem(p)
+        if problem:
+            raise self._error(problem)
 
     # -- nets --------------------------------------------------------------------------------
     def copy_weights(self, weights):
@@ -154,9 +147,6 @@ class Solver:
         """The last average_loss iteration losses (a ring once full)."""
         return self._loss.losses
 
-    def _record_loss(self, loss, start_iter, average_loss):
-        self._loss.record(loss, self.iter, start_iter, average_loss)
-
     def _follow_mode(self):
         """Move the nets and the solver's arrays when the mode changed since they were made."""
         xp = backend.xp()
@@ -193,7 +183,7 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += self.net.forward_backward()
             loss /= p.iter_size
-            self._record_loss(loss, start_iter, p.average_loss)
+            self._loss.record(loss, self.iter, start_iter, p.average_loss)
             if display:
                 self._display()
             for _, on_gradients_ready in self._callbacks:
@@ -241,7 +231,7 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0:
             loss = self.net.forward_from_to()
-            self._record_loss(loss, start_iter, p.average_loss)
+            self._loss.record(loss, self.iter, start_iter, p.average_loss)
             log.info("Iteration %d, loss = %s", self.iter, cpp_float(self.smoothed_loss))
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
@@ -256,51 +246,25 @@ class Solver:
 
     def test(self, test_net_id=0):
         """Run test net ``test_net_id`` test_iter times; log and return the mean outputs."""
-        p = self.param
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
         self._follow_mode()
-        tnet = self.test_nets[test_net_id]
-        tnet.share_with(self.net)
-        n_iter = p.test_iter[test_net_id]
-        sums = None
-        loss = 0.0
-        on_device = backend.xp() is not np
-        for _ in range(n_iter):
-            request = self._requested_action()
-            while request != SolverAction.NONE:
-                if request == SolverAction.SNAPSHOT:
-                    self.snapshot()
-                elif request == SolverAction.STOP:
-                    self.requested_early_exit = True
-                request = self._requested_action()
-            if self.requested_early_exit:
-                break
-            iter_loss = tnet.forward_from_to()
-            if p.test_compute_loss:
-                loss += iter_loss
-            if on_device:   # summed on the device, read once after the loop
-                values = [tnet.blobs[n].xdata.astype(np.float64).ravel() for n in tnet.outputs]
-            else:
-                values = [backend.to_numpy(tnet.blobs[n].data).astype(np.float64).ravel()
-                          for n in tnet.outputs]
-            if sums is None:
-                sums = [v.copy() for v in values]
-            else:
-                for s, v in zip(sums, values):
-                    s += v
-        if self.requested_early_exit:
-            log.info("Test interrupted.")
-            return None
-        if on_device:
-            sums = [backend.to_numpy(v) for v in sums] if sums is not None else None
-            loss = backend.to_float(loss)
-        if p.test_compute_loss:
-            log.info("Test loss: %s", cpp_float(loss / n_iter))
-        per_blob = [s / n_iter for s in sums or []]
-        log_net_outputs("Test", tnet, per_blob)
-        means = [mean for blob_means in per_blob for mean in blob_means]
-        self.mean_scores[test_net_id] = means
+        means = evaluate(self.test_nets[test_net_id], self.net, self.param.test_iter[test_net_id],
+                         self.param.test_compute_loss, self._stop_requested_while_testing,
+                         self.requested_early_exit)
+        if means is not None:
+            self.mean_scores[test_net_id] = means
         return means
+
+    def _stop_requested_while_testing(self):
+        """Serve the signals that came in (snapshot now, or stop); True once stop is asked."""
+        request = self._requested_action()
+        while request != SolverAction.NONE:
+            if request == SolverAction.SNAPSHOT:
+                self.snapshot()
+            elif request == SolverAction.STOP:
+                self.requested_early_exit = True
+            request = self._requested_action()
+        return self.requested_early_exit
 
     # -- snapshots -----------------------------------------------------------------------------
     def _snapshot_filename(self, extension):
