@@ -110,7 +110,7 @@ def _quote(s, record=False):
 def _included(layer, phase):
     if phase is None:
         return True
-    from .net import state_meets_rule
+    from .net_state import state_meets_rule
     state = caffe_pb2.NetState(phase=phase)
     if len(layer.include) and len(layer.exclude):
         raise MiniCaffeError(f"layer '{layer.name}' has both include and exclude rules")
@@ -216,7 +216,7 @@ def main_draw(argv=None, prog="minicaffe draw"):
     ap.add_argument("--display_lrm", action="store_true",
                     help="show the lr_mult of learnable layers")
     args = ap.parse_args(argv)
-    from .net import load_net_param
+    from .net_state import load_net_param
     try:
         net = load_net_param(args.input_net_proto_file)
         print(f"Drawing net to {args.output_image_file}")

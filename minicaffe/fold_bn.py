@@ -28,7 +28,8 @@ import numpy as np
 from . import backend
 from .errors import MiniCaffeError
 from .io.protobinary import array_to_blobproto, write_binary
-from .net import TEST, Net, filter_net, load_net_param
+from .net import TEST, Net
+from .net_state import filter_net, load_net_param
 from .proto import caffe_pb2
 
 log = logging.getLogger("minicaffe")

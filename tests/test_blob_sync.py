@@ -534,9 +534,9 @@ def test_solver_reads_the_loss_once_per_display(gpu, caplog):
     s.step(3)                                    # no display: the losses stay pending
     COUNT.reset()
     before = s.last_smoothed_loss                # never waits for the device
-    assert COUNT.d2h == 0 and len(s._pending) == 3
+    assert COUNT.d2h == 0 and len(s._loss.pending) == 3
     after = s.smoothed_loss                      # reading it copies the pending losses once
-    assert COUNT.d2h == 1 and not s._pending and after != before
+    assert COUNT.d2h == 1 and not s._loss.pending and after != before
 
 
 def test_snapshot_and_restore_from_the_device(gpu, tmp_path):

@@ -68,12 +68,11 @@ def test_train_snapshots_resume_then_test_and_time(workdir):
         assert (workdir / name).exists(), name
     assert "Iteration 2, lr = 0.025" in err
     assert re.search(r"Iteration 3 \([\d.e+-]+ iter/s, [\d.e+-]+s/1 iters\), loss = [\d.]+", err)
-    assert "    Train net output #0: loss = " in err
-    assert "Iteration 2, Testing net (#0)" in err
-    assert "    Test net output #0: loss = " in err
-    assert "Snapshotting to binary proto file solver_iter_4.caffemodel" in err
-    assert "Snapshotting solver state to binary proto file solver_iter_4.solverstate" in err
-    assert "Optimization Done." in err
+    from log_assertions import assert_logged
+    assert_logged(err, "    Train net output #0: loss = ", "Iteration 2, Testing net (#0)",
+                  "    Test net output #0: loss = ", "Optimization Done.",
+                  "Snapshotting to binary proto file solver_iter_4.caffemodel",
+                  "Snapshotting solver state to binary proto file solver_iter_4.solverstate")
     lines = [ln for ln in err.splitlines() if ln.strip()]
     log_lines = [ln for ln in lines if GLOG.match(ln)]
     assert len(log_lines) > 20 and "Iteration 0, lr = 0.05" in "".join(log_lines)

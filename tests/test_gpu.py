@@ -478,7 +478,7 @@ def _cifar_net(batch=16, size=16):
     """models/cifar10_bn/train_val.prototxt in TRAIN phase with one Input layer (data, label)
     instead of the Data layers."""
     from minicaffe.io.prototxt import read_prototxt
-    from minicaffe.net import filter_net
+    from minicaffe.net_state import filter_net
     full = read_prototxt(os.path.join(ROOT, "models", "cifar10_bn", "train_val.prototxt"),
                          caffe_pb2.NetParameter())
     full.state.phase = TRAIN

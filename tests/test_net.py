@@ -9,6 +9,7 @@ import pytest
 import minicaffe as caffe
 from minicaffe.layer import Layer, register
 from minicaffe.proto import caffe_pb2
+from doubling_layer import Doubling
 
 
 @register("TestMul")
@@ -36,18 +37,8 @@ class _Mul(Layer):
 
 
 @register("TestDouble")
-class _Double(Layer):
+class _Double(Doubling):
     exact_num_bottom = exact_num_top = 1
-
-    def reshape(self, bottom, top):
-        top[0].reshape(bottom[0].shape)
-
-    def forward(self, bottom, top):
-        top[0].xdata[...] = 2 * bottom[0].xdata
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bottom[0].xdiff[...] = 2 * top[0].xdiff
 
 
 @register("TestSumSqLoss")
@@ -93,10 +84,16 @@ def test_phase_stage_and_level_rules():
     assert names == ["in", "b", "c"]
 
 
-def test_include_and_exclude_together_is_an_error():
-    with pytest.raises(caffe.LayerError, match="either include rules or exclude"):
-        net_from(INPUT + 'layer { name: "a" type: "TestDouble" bottom: "x" top: "a" '
-                 'include { phase: TRAIN } exclude { phase: TEST } }')
+@pytest.mark.parametrize("layer, message", [
+    ('layer { name: "a" type: "TestDouble" bottom: "x" top: "a" '
+     'include { phase: TRAIN } exclude { phase: TEST } }', "either include rules or exclude"),
+    ('layer { name: "m" type: "TestMul" bottom: "x" top: "y" '
+     'param { lr_mult: 1 } param { lr_mult: 2 } }',
+     "m: 2 param specs given, layer has 1 parameter blob"),
+], ids=["include_and_exclude_together", "too_many_param_specs"])
+def test_bad_layer_definition_is_rejected(layer, message):
+    with pytest.raises(caffe.LayerError, match=message):
+        net_from(INPUT + layer)
 
 
 def test_in_place_shares_the_blob_and_gradients_flow():
@@ -157,12 +154,6 @@ def test_lr_mult_zero_means_no_gradient_and_no_backward():
     assert n._bottom_need_backward[2] == [False]
     assert n.layers[1].param_propagate_down == [False]
     assert len(n.learnable_params) == 2
-
-
-def test_too_many_param_specs_is_rejected():
-    with pytest.raises(caffe.LayerError, match="m: 2 param specs given, layer has 1 parameter blob"):
-        net_from(INPUT + 'layer { name: "m" type: "TestMul" bottom: "x" top: "y" '
-                 'param { lr_mult: 1 } param { lr_mult: 2 } }')
 
 
 def test_parameter_sharing_by_name_accumulates_gradients():

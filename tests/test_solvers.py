@@ -11,6 +11,7 @@ import minicaffe as caffe
 from minicaffe.layer import Layer, register
 from minicaffe.proto import caffe_pb2
 from minicaffe.io import parse_text
+from log_assertions import assert_logged
 
 N, D, K = 4, 3, 2
 
@@ -357,12 +358,9 @@ def test_test_phase_means_and_shared_weights(caplog):
     # tests at iterations 0, 2 and 4: counters 1..4, 5..8, 9..12; "out" (2x2) comes first
     assert s.mean_scores[0][4:] == [10.5, 10.5]
     text = caplog.text
-    assert "Iteration 0, Testing net (#0)" in text
-    assert "    Test net output #4: count = 2.5" in text
-    assert "    Test net output #5: count2 = 2.5 (* 0.5 = 1.25 loss)" in text
-    assert "Test net output #4: count = 6.5" in text
-    assert "Test loss: 1.25" in text
-    assert "Optimization Done." in text
+    assert_logged(text, "Iteration 0, Testing net (#0)", "    Test net output #4: count = 2.5",
+                  "    Test net output #5: count2 = 2.5 (* 0.5 = 1.25 loss)",
+                  "Test net output #4: count = 6.5", "Test loss: 1.25", "Optimization Done.")
     # the test net's "out" was computed from the trained (shared) weights
     W, b = s.net.params["ip"][0].data, s.net.params["ip"][1].data
     assert not np.allclose(b, 0)

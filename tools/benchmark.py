@@ -75,7 +75,7 @@ def net_param_with_inputs(batch, phase):
     """The example's NetParameter for ``phase`` with its Data layers replaced by one Input
     layer giving ``data`` (batch, 3, 32, 32) and ``label`` (batch,)."""
     from minicaffe.io.prototxt import read_prototxt
-    from minicaffe.net import filter_net
+    from minicaffe.net_state import filter_net
     from minicaffe.proto import caffe_pb2
     full = read_prototxt(MODEL, caffe_pb2.NetParameter())
     full.state.phase = phase

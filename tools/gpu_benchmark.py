@@ -41,7 +41,7 @@ DEPLOY = os.path.join(ROOT, "models", "cifar10_bn", "deploy.prototxt")
 def train_param(batch):
     """train_val in TRAIN phase with one Input layer (data, label) instead of Data layers."""
     from minicaffe.io.prototxt import read_prototxt
-    from minicaffe.net import filter_net
+    from minicaffe.net_state import filter_net
     from minicaffe.proto import caffe_pb2
     full = read_prototxt(TRAIN_VAL, caffe_pb2.NetParameter())
     full.state.phase = caffe_pb2.TRAIN

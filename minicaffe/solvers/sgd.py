@@ -1,4 +1,4 @@
-"""SGD and the update rules built on it, with Caffe's learning-rate policies and order.
+"""SGD and the update rules built on it, in Caffe's order (rates: ``lr_policy``).
 
     rate = policy(iter); clip gradients (global L2 norm > clip_gradients); then for every
     learnable parameter: normalise by iter_size, regularise (L2: + decay * data, L1:
@@ -6,29 +6,26 @@
     local_rate = rate * lr_mult; then data -= diff for all parameters; iter += 1.
 
 The other types (Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) only change the step. A
-``.solverstate`` holds ``iter``, ``learned_net``, ``current_step`` and the history blobs in
-Caffe's layout: one per parameter, except AdaDelta and Adam which store 2 x n (squared
-gradients / first moments for the n parameters, then squared updates / second moments).
+``.solverstate`` (``snapshot_files``) holds the history blobs in Caffe's layout: one per
+parameter, except AdaDelta and Adam which store 2 x n (squared gradients / first moments for
+the n parameters, then squared updates / second moments).
 
 On CuPy arrays each parameter's normalise + regularise + step + ``data -= diff`` is one fused
 kernel (``minicaffe.kernels.cuda.solver``); the NumPy expressions below are the CPU path.
 """
 import logging
 import math
-import os
 
 import numpy as np
 
 from .. import backend
-from ..errors import MiniCaffeError
 from ..kernels import cuda as _cuda
-from ..io.protobinary import array_to_blobproto, blobproto_to_array, read_binary, write_binary
-from ..proto import caffe_pb2
-from .solver import Solver, _g
+from .log_lines import cpp_float
+from .lr_policy import LR_POLICIES, learning_rate, lr_policy_problem
+from .snapshot_files import learned_net_path, read_solver_state, write_solver_state
+from .solver import Solver
 
 log = logging.getLogger("minicaffe")
-
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
 class SGDSolver(Solver):
@@ -36,6 +33,7 @@ class SGDSolver(Solver):
     type = "SGD"
     history_sets = 1   # history blobs per learnable parameter in the solverstate
     fused_kind = "sgd"  # the fused CUDA update (minicaffe.kernels.cuda.solver)
+    takes_momentum = True
 
     def __init__(self, param, source=None):
         super().__init__(param, source)
@@ -44,20 +42,14 @@ class SGDSolver(Solver):
 
     def _check_update_param(self):
         p = self.param
-        policy = p.lr_policy
-        if policy not in LR_POLICIES:
-            raise self._error(f"unknown lr_policy '{policy}' (one of {', '.join(LR_POLICIES)})"
-                              if policy else f"lr_policy is not set (one of "
-                              f"{', '.join(LR_POLICIES)})")
-        if policy in ("step", "sigmoid") and p.stepsize <= 0:
-            raise self._error(f"lr_policy '{policy}' needs a positive stepsize")
-        if policy in ("step", "exp", "inv", "multistep", "sigmoid") and p.gamma < 0:
-            raise self._error(f"gamma must not be negative, got {p.gamma}")
-        if policy == "poly" and p.max_iter <= 0:
-            raise self._error("lr_policy 'poly' needs a positive max_iter")
+        problem = lr_policy_problem(p)
+        if problem:
+            raise self._error(problem)
         if p.regularization_type not in ("L1", "L2"):
             raise self._error(f"unknown regularization_type '{p.regularization_type}' "
                               "(L1 or L2)")
+        if not self.takes_momentum and p.momentum != 0:
+            raise self._error(f"Momentum cannot be used with {self.type}.")
 
     def pre_solve(self):
         learnable = self.net.learnable_params
@@ -80,35 +72,19 @@ class SGDSolver(Solver):
 
     # -- learning rate -------------------------------------------------------------------------
     def get_learning_rate(self):
-        p = self.param
-        policy, it = p.lr_policy, self.iter
-        if policy == "fixed":
-            return p.base_lr
-        if policy == "step":
-            self.current_step = it // p.stepsize
-            return p.base_lr * p.gamma ** self.current_step
-        if policy == "exp":
-            return p.base_lr * p.gamma ** it
-        if policy == "inv":
-            return p.base_lr * _pow(1.0 + p.gamma * it, -p.power)
-        if policy == "multistep":
-            if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
-                self.current_step += 1
-                log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
-            return p.base_lr * p.gamma ** self.current_step
-        if policy == "poly":
-            return p.base_lr * _pow(1.0 - it / p.max_iter, p.power)
-        if policy == "sigmoid":
-            z = -p.gamma * (it - p.stepsize)
-            return p.base_lr * (0.0 if z > 700 else 1.0 / (1.0 + math.exp(z)))
-        raise self._error(f"unknown lr_policy '{policy}'")
+        """The rate of this iteration under ``lr_policy``; "step" and "multistep" advance
+        ``current_step``."""
+        if self.param.lr_policy not in LR_POLICIES:
+            raise self._error(f"unknown lr_policy '{self.param.lr_policy}'")
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        return rate
 
     # -- update --------------------------------------------------------------------------------
     def apply_update(self):
         p = self.param
         rate = self.get_learning_rate()
         if p.display and self.iter % p.display == 0:
-            log.info("Iteration %d, lr = %s", self.iter, _g(rate))
+            log.info("Iteration %d, lr = %s", self.iter, cpp_float(rate))
         self.clip_gradients()
         if self._params and backend.fused_kernels(self._xp[0]) and \
                 _cuda.supported(*(b.xdata for b in self._params)):
@@ -152,7 +128,7 @@ class SGDSolver(Solver):
         if norm > clip:
             scale = clip / norm
             log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale "
-                     "factor %s", _g(norm), _g(clip), _g(scale))
+                     "factor %s", cpp_float(norm), cpp_float(clip), cpp_float(scale))
             for b in self._params:
                 d = b.xdiff
                 d *= scale
@@ -185,41 +161,15 @@ class SGDSolver(Solver):
 
     # -- solver state --------------------------------------------------------------------------
     def snapshot_solver_state(self, model_file):
-        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_file,
-                                      current_step=self.current_step)
-        for h in self.history:
-            array_to_blobproto(backend.to_numpy(h), proto=state.history.add())
         state_file = self._snapshot_filename(".solverstate")
-        log.info("Snapshotting solver state to binary proto file %s", state_file)
-        write_binary(state, state_file)
+        write_solver_state(state_file, self.iter, self.current_step, model_file, self.history)
         return state_file
 
     def restore(self, state_file):
         """Continue from a .solverstate: iteration, weights (its learned_net) and history."""
-        state_file = os.fspath(state_file)
-        if state_file.endswith(".h5"):
-            raise MiniCaffeError(f"{state_file}: HDF5 solver states are not supported; use a "
-                                 "binary .solverstate")
-        state = read_binary(state_file, caffe_pb2.SolverState())
-        if len(state.history) != len(self.history):
-            raise MiniCaffeError(
-                f"{state_file}: holds {len(state.history)} history blobs, but the "
-                f"{self.type} solver of this net needs {len(self.history)} (written by another "
-                "solver type or for another net?)")
-        arrays = []
-        for k, (bp, h) in enumerate(zip(state.history, self.history)):
-            arr = blobproto_to_array(bp)
-            if arr.size != h.size:
-                raise MiniCaffeError(f"{state_file}: history blob {k} has shape {arr.shape}, "
-                                     f"the parameter has shape {tuple(h.shape)}")
-            arrays.append(arr.reshape(h.shape))
+        state, arrays = read_solver_state(state_file, self.history, self.type)
         if state.learned_net:
-            learned = state.learned_net
-            if not os.path.isabs(learned) and not os.path.exists(learned):
-                beside = os.path.join(os.path.dirname(state_file), os.path.basename(learned))
-                if os.path.exists(beside):
-                    learned = beside
-            self.net.copy_from(learned)
+            self.net.copy_from(learned_net_path(state_file, state.learned_net))
         self.iter = state.iter
         self.current_step = state.current_step
         log.info("SGDSolver: restoring history")
@@ -248,21 +198,13 @@ class AdaGradSolver(SGDSolver):
     """history += diff^2; diff = local_rate * diff / (sqrt(history) + delta)."""
     type = "AdaGrad"
     fused_kind = "adagrad"
-
-    def _check_update_param(self):
-        super()._check_update_param()
-        if self.param.momentum != 0:
-            raise self._error("Momentum cannot be used with AdaGrad.")
+    takes_momentum = False
 
     def compute_update_value(self, i, rate):
-        b, xp = self._params[i], self._xp[i]
-        g, h, upd = b.xdiff, self.history[i], self._update[i]
+        xp, g, h, upd = self._xp[i], self._params[i].xdiff, self.history[i], self._update[i]
         xp.multiply(g, g, out=upd)
         h += upd
-        xp.sqrt(h, out=upd)
-        upd += self.param.delta
-        xp.divide(g, upd, out=upd)
-        xp.multiply(upd, rate * self._lr_mult[i], out=g)
+        _divide_by_root(xp, g, h, upd, self.param.delta, rate * self._lr_mult[i])
 
 
 class RMSPropSolver(SGDSolver):
@@ -270,6 +212,7 @@ class RMSPropSolver(SGDSolver):
     diff = local_rate * diff / (sqrt(history) + delta)."""
     type = "RMSProp"
     fused_kind = "rmsprop"
+    takes_momentum = False
 
     def _fused_scalars(self, i, rate):
         d = super()._fused_scalars(i, rate)
@@ -278,23 +221,17 @@ class RMSPropSolver(SGDSolver):
 
     def _check_update_param(self):
         super()._check_update_param()
-        if self.param.momentum != 0:
-            raise self._error("Momentum cannot be used with RMSProp.")
         if not 0 <= self.param.rms_decay < 1:
             raise self._error(f"rms_decay should lie between 0 and 1, got {self.param.rms_decay}")
 
     def compute_update_value(self, i, rate):
-        b, xp = self._params[i], self._xp[i]
-        g, h, upd = b.xdiff, self.history[i], self._update[i]
+        xp, g, h, upd = self._xp[i], self._params[i].xdiff, self.history[i], self._update[i]
         decay = self.param.rms_decay
         xp.multiply(g, g, out=upd)
         upd *= 1.0 - decay
         h *= decay
         h += upd
-        xp.sqrt(h, out=upd)
-        upd += self.param.delta
-        xp.divide(g, upd, out=upd)
-        xp.multiply(upd, rate * self._lr_mult[i], out=g)
+        _divide_by_root(xp, g, h, upd, self.param.delta, rate * self._lr_mult[i])
 
 
 class AdaDeltaSolver(SGDSolver):
@@ -362,11 +299,10 @@ class AdamSolver(SGDSolver):
         xp.multiply(tmp, rate * self._lr_mult[i] * correction, out=g)
 
 
-def _pow(base, exponent):
-    """C's pow: a negative base with a fractional exponent gives NaN, not a complex number."""
-    if base < 0 and exponent != int(exponent):
-        return float("nan")
-    try:
-        return math.pow(base, exponent)
-    except (OverflowError, ZeroDivisionError):
-        return float("inf")
+def _divide_by_root(xp, g, h, upd, delta, local_rate):
+    """AdaGrad's and RMSProp's step from their squared-gradient history ``h``:
+    g = local_rate * g / (sqrt(h) + delta), with ``upd`` as scratch."""
+    xp.sqrt(h, out=upd)
+    upd += delta
+    xp.divide(g, upd, out=upd)
+    xp.multiply(upd, local_rate, out=g)
