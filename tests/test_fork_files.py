@@ -8,7 +8,7 @@ from google.protobuf import text_format
 import minicaffe as caffe
 from minicaffe.data.fork_transforms import ForkTransforms
 from minicaffe.data.image import encode_image
-from minicaffe.data.transformer import DataTransformer
+from minicaffe.data.data_transformer import DataTransformer
 from minicaffe.errors import LayerError
 from minicaffe.io.prototxt import read_prototxt
 from minicaffe.proto import caffe_pb2 as pb
