@@ -151,6 +151,14 @@ class Layer:
     def fail(self, message, cls=LayerError):
         raise cls(f"{self.type} layer '{self.name}': {message}")
 
+    def canonical_axis(self, blob, axis, what="axis"):
+        """``axis`` of ``blob`` counted from the front (negative counts from the back)."""
+        try:
+            return blob.canonical_axis_index(int(axis))
+        except IndexError:
+            self.fail(f"{what} {axis} is out of range for a {blob.num_axes}-axis bottom blob "
+                      f"of shape {shape_text(blob.shape)}")
+
     def refuse_in_place(self, bottom, top):
         """Fail when a top is one of the bottoms (layers that cannot run in place)."""
         for t in top:
