@@ -290,9 +290,9 @@ def test_conv_weights_given_with_the_layer_are_used_and_checked():
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Columns of at most ~1 image per chunk, and never kept from forward to backward."""
-    from minicaffe.layers import conv
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(conv, "KEEP_COLS_BYTES", 0)
+    from minicaffe.layers import convolution
+    monkeypatch.setattr(convolution, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(convolution, "KEEP_COLS_BYTES", 0)
 
 
 @pytest.mark.parametrize("case", ["5x5_pad2", "stride2_pad1", "group2", "pad_exceeds_kernel",

@@ -105,7 +105,6 @@ class PReLULayer(NeuronLayer):
             xp.multiply(dy, factor, out=bottom[0].xdiff)
 
 
-
 @register("Sigmoid")
 class SigmoidLayer(NeuronLayer):
     """y = 1 / (1 + exp(-x)); backward from the output: dy * y * (1 - y)."""
@@ -206,7 +205,6 @@ class ThresholdLayer(NeuronLayer):
         if propagate_down[0]:
             self.fail("has no backward pass (its output is piecewise constant); "
                       "set propagate_down: false or stop gradients before it")
-
 
 
 @register("Clip")

@@ -235,4 +235,3 @@ class BatchNormLayer(Layer):
         xp.subtract(dy, bc.vec(mean_dy, 0), out=dx)   # dx may be dy (in place): elementwise
         xp.multiply(dx, self._inv_std_b, out=dx)
         xp.subtract(dx, tmp, out=dx)
-

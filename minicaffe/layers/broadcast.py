@@ -88,4 +88,3 @@ def same_layout(bc, outer, dim, inner, xp, dtype):
     """True when ``bc`` (a Broadcast or None) already serves this layout."""
     return (bc is not None and bc.outer == outer and bc.dim == dim and bc.inner == inner
             and bc.xp is xp and bc.dtype == dtype)
-

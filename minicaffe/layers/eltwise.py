@@ -96,4 +96,3 @@ class EltwiseLayer(Layer):
                     xp.multiply(tdiff, self.coeffs[i], out=bd)
             else:
                 xp.multiply(tdiff, self.max_idx == i, out=bd)
-

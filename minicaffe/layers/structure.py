@@ -213,7 +213,6 @@ class SliceLayer(Layer):
             off += n
 
 
-
 # ---------------------------------------------------------------------------------------------
 @register("Flatten")
 class FlattenLayer(_ViewLayer):
@@ -315,5 +314,3 @@ class SilenceLayer(Layer):
         for b, down in zip(bottom, propagate_down):
             if down:
                 b.xdiff[...] = 0
-
-
