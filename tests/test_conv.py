@@ -85,14 +85,20 @@ CASES = {
 }
 
 
+def forward_case(cases, case, kind, seed):
+    """``cases[case]`` run forward on seeded input: x, the layer, its top, the geometry."""
+    settings, shape, stride, pad, dilation, group = cases[case]
+    x = np.random.RandomState(seed).standard_normal(shape)
+    layer, bottom, top = setup_layer(layer_param(conv_text(settings, kind)), [x])
+    layer.forward(bottom, top)
+    return x, layer, top, (stride, pad, dilation, group)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_forward_matches_direct_loops(case):
-    settings, shape, stride, pad, dilation, group = CASES[case]
-    x = np.random.RandomState(0).standard_normal(shape)
-    layer, bottom, top = setup_layer(layer_param(conv_text(settings)), [x])
-    layer.forward(bottom, top)
+    x, layer, top, geometry = forward_case(CASES, case, "Convolution", seed=0)
     w, b = layer.blobs[0].data, layer.blobs[1].data
-    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, group),
+    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, *geometry),
                                rtol=1e-10, atol=1e-10)
 
 
@@ -240,13 +246,10 @@ DECONV_CASES = {
 
 @pytest.mark.parametrize("case", sorted(DECONV_CASES))
 def test_deconv_forward_matches_direct_loops(case):
-    settings, shape, stride, pad, dilation, group = DECONV_CASES[case]
-    x = np.random.RandomState(7).standard_normal(shape)
-    layer, bottom, top = setup_layer(layer_param(conv_text(settings, "Deconvolution")), [x])
-    layer.forward(bottom, top)
+    x, layer, top, geometry = forward_case(DECONV_CASES, case, "Deconvolution", seed=7)
     w, b = layer.blobs[0].data, layer.blobs[1].data
-    assert w.shape[0] == shape[1]      # (C, num_output/group, kh, kw)
-    np.testing.assert_allclose(top[0].data, naive_deconv(x, w, b, stride, pad, dilation, group),
+    assert w.shape[0] == x.shape[1]      # (C, num_output/group, kh, kw)
+    np.testing.assert_allclose(top[0].data, naive_deconv(x, w, b, *geometry),
                                rtol=1e-10, atol=1e-10)
 
 
