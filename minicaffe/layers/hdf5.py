@@ -14,14 +14,14 @@ import numpy as np
 from .. import backend
 from ..errors import LayerError, ShapeError
 from ..layer import Layer, register, shape_text
+from .sources import DataSourceLayer
 
 log = logging.getLogger("minicaffe")
 
 
 @register("HDF5Data")
-class HDF5DataLayer(Layer):
+class HDF5DataLayer(DataSourceLayer):
     """Rows of the datasets named by the tops, from the HDF5 files listed in ``source``."""
-    exact_num_bottom = 0
     min_num_top = 1
 
     def layer_setup(self, bottom, top):
@@ -106,9 +106,6 @@ class HDF5DataLayer(Layer):
         if self.shuffle:
             backend.rng().shuffle(self.data_perm)
 
-    def reshape(self, bottom, top):
-        pass
-
     def forward(self, bottom, top):
         bs = self.batch_size
         outs = [np.empty((bs,) + a.shape[1:], dtype=a.dtype) for a in self.arrays]
@@ -126,9 +123,6 @@ class HDF5DataLayer(Layer):
         for t, o in zip(top, outs):
             t.reshape(o.shape)
             t.xdata[...] = t.xp.asarray(o)
-
-    def backward(self, top, propagate_down, bottom):
-        pass
 
 
 @register("HDF5Output")

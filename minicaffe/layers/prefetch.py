@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import MiniCaffeError
-from ..layer import Layer
+from .sources import DataSourceLayer
 
 _STOP = object()
 
@@ -70,11 +70,8 @@ class Prefetcher:
         self._free.put(_STOP)
 
 
-
-
-class PrefetchingDataLayer(Layer):
+class PrefetchingDataLayer(DataSourceLayer):
     """Shared plumbing: a batch producer run by a Prefetcher (or inline with prefetch 0)."""
-    exact_num_bottom = 0
     min_num_top = 1
     max_num_top = 2
 
@@ -94,9 +91,6 @@ class PrefetchingDataLayer(Layer):
         if getattr(self, "_prefetcher", None) is not None:
             self._prefetcher.stop()
             self._prefetcher = None
-
-    def reshape(self, bottom, top):
-        pass  # the tops take each batch's shape in forward, as in Caffe
 
     def next_batch(self):
         try:
@@ -119,7 +113,4 @@ class PrefetchingDataLayer(Layer):
             top[1].xdata[...] = top[1].xp.asarray(labels)
         if recycle:
             self._prefetcher.recycle((data, labels))
-
-    def backward(self, top, propagate_down, bottom):
-        pass
 

@@ -1,5 +1,5 @@
-"""Layers that bring data into the net without reading files: Input, DummyData and
-MemoryData.
+"""The base of the layers that bring data into the net, and those that read no files: Input,
+DummyData and MemoryData.
 
 MemoryData (memory_data_param batch_size/channels/height/width) serves arrays handed over
 with ``reset(data, labels)`` (pycaffe: ``net.set_input_arrays``) batch by batch, wrapping
@@ -18,6 +18,18 @@ from ..proto import caffe_pb2
 log = logging.getLogger("minicaffe")
 
 
+class DataSourceLayer(Layer):
+    """A layer with no bottoms: nothing to back-propagate, and tops sized at setup or by
+    forward (each batch's shape, as in Caffe), not by reshape."""
+    exact_num_bottom = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
 def _shapes(n, shape_msgs, legacy=None):
     """One shape per top: a single shape applies to all tops (Caffe's rule)."""
     shapes = [tuple(s.dim) for s in shape_msgs]
@@ -29,9 +41,8 @@ def _shapes(n, shape_msgs, legacy=None):
 
 
 @register("Input")
-class InputLayer(Layer):
+class InputLayer(DataSourceLayer):
     """Tops whose shape comes from input_param and whose data the user writes."""
-    exact_num_bottom = 0
     min_num_top = 1
 
     def layer_setup(self, bottom, top):
@@ -42,20 +53,13 @@ class InputLayer(Layer):
         for t, s in zip(top, shapes):
             t.reshape(s)
 
-    def reshape(self, bottom, top):
-        pass
-
     def forward(self, bottom, top):
-        pass
-
-    def backward(self, top, propagate_down, bottom):
         pass
 
 
 @register("DummyData")
-class DummyDataLayer(Layer):
+class DummyDataLayer(DataSourceLayer):
     """Tops filled by fillers (constant 0 by default); refilled each forward unless constant."""
-    exact_num_bottom = 0
     min_num_top = 1
 
     def layer_setup(self, bottom, top):
@@ -78,21 +82,14 @@ class DummyDataLayer(Layer):
             t.reshape(s)
             t.xdata[...] = t.xp.asarray(filled_array(s, f))
 
-    def reshape(self, bottom, top):
-        pass
-
     def forward(self, bottom, top):
         for t, f, refill in zip(top, self._fillers, self._refill):
             if refill:
                 t.xdata[...] = t.xp.asarray(filled_array(t.shape, f))
 
-    def backward(self, top, propagate_down, bottom):
-        pass
-
 
 @register("MemoryData")
-class MemoryDataLayer(Layer):
-    exact_num_bottom = 0
+class MemoryDataLayer(DataSourceLayer):
     exact_num_top = 2
 
     def layer_setup(self, bottom, top):
@@ -139,9 +136,6 @@ class MemoryDataLayer(Layer):
         self._data, self._labels = data, labels
         self.n, self.pos = int(data.shape[0]), 0
 
-    def reshape(self, bottom, top):
-        pass
-
     def forward(self, bottom, top):
         if self._data is None:
             self.fail("has no data: call net.set_input_arrays(data, labels) (Caffe's Reset) "
@@ -152,7 +146,3 @@ class MemoryDataLayer(Layer):
         for t, a in zip(top, (self._data, self._labels)):
             t.xdata[...] = t.xp.asarray(a[pos:pos + b])
         self.pos = (pos + b) % self.n
-
-    def backward(self, top, propagate_down, bottom):
-        pass
-
