@@ -102,11 +102,14 @@ def test_conv_forward_matches_direct_loops(case):
                                rtol=1e-10, atol=1e-10)
 
 
+def check_case_gradients(cases, case, kind, seed):
+    settings, shape = cases[case][:2]
+    check_gradients(conv_text(settings, kind), [np.random.RandomState(seed).standard_normal(shape)])
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_gradients(case):
-    settings, shape = CASES[case][:2]
-    x = np.random.RandomState(1).standard_normal(shape)
-    check_gradients(conv_text(settings), [x])
+    check_case_gradients(CASES, case, "Convolution", seed=1)
 
 
 def test_conv_without_bias_has_one_blob_and_right_gradients():
@@ -255,9 +258,7 @@ def test_deconv_forward_matches_direct_loops(case):
 
 @pytest.mark.parametrize("case", sorted(DECONV_CASES))
 def test_deconv_gradients(case):
-    settings, shape = DECONV_CASES[case][:2]
-    x = np.random.RandomState(8).standard_normal(shape)
-    check_gradients(conv_text(settings, "Deconvolution"), [x])
+    check_case_gradients(DECONV_CASES, case, "Deconvolution", seed=8)
 
 
 def test_deconv_two_pairs_and_no_bias():

@@ -15,10 +15,14 @@ from .pooling import PoolingLayer
 
 SPP = caffe_pb2.SPPParameter
 POOL = caffe_pb2.PoolingParameter
+# spp_param's methods as the Pooling layers of the levels spell them.
+_POOLING_METHOD = {SPP.MAX: POOL.MAX, SPP.AVE: POOL.AVE, SPP.STOCHASTIC: POOL.STOCHASTIC}
 
 
 @register("SPP")
 class SPPLayer(Layer):
+    """One Pooling layer per pyramid level, rebuilt when the input size changes; their outputs
+    are concatenated into the top, and backward sums their gradients."""
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -27,10 +31,9 @@ class SPPLayer(Layer):
         self.height = int(p.pyramid_height)
         if self.height < 1:
             self.fail(f"spp_param.pyramid_height must be at least 1, got {self.height}")
-        methods = {SPP.MAX: POOL.MAX, SPP.AVE: POOL.AVE, SPP.STOCHASTIC: POOL.STOCHASTIC}
-        if p.pool not in methods:
+        if p.pool not in _POOLING_METHOD:
             self.fail(f"unknown pooling method {p.pool}")
-        self.method = methods[p.pool]
+        self.method = _POOLING_METHOD[p.pool]
         if self.method == POOL.STOCHASTIC:
             self.fail("STOCHASTIC pooling is not supported")
         self._key = None

@@ -73,28 +73,36 @@ class SplitLayer(Layer):
 
 
 # ---------------------------------------------------------------------------------------------
-@register("Concat")
-class ConcatLayer(Layer):
-    min_num_bottom = 1
-    exact_num_top = 1
+class _AlongAxisLayer(Layer):
+    """Concat and Slice: their axis is ``axis`` or the legacy ``concat_dim``/``slice_dim``."""
+    _param = ""         # "concat_param" or "slice_param"
+    _legacy = ""        # "concat_dim" or "slice_dim"
 
     def layer_setup(self, bottom, top):
-        p = self.layer_param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            self.fail("give either concat_param.axis or concat_param.concat_dim, not both")
+        p = getattr(self.layer_param, self._param)
+        if p.HasField("axis") and p.HasField(self._legacy):
+            self.fail(f"give either {self._param}.axis or {self._param}.{self._legacy}, not both")
 
-    def _axis(self, bottom):
-        p = self.layer_param.concat_param
-        if p.HasField("concat_dim"):
-            if p.concat_dim >= bottom[0].num_axes:
-                self.fail(f"concat_dim {p.concat_dim} is out of range for bottom shape "
-                          f"{shape_text(bottom[0].shape)}")
-            return int(p.concat_dim)
-        return self.canonical_axis(bottom[0], p.axis)
+    def _axis(self, blob):
+        p = getattr(self.layer_param, self._param)
+        if p.HasField(self._legacy):
+            dim = getattr(p, self._legacy)
+            if dim >= blob.num_axes:
+                self.fail(f"{self._legacy} {dim} is out of range for bottom shape "
+                          f"{shape_text(blob.shape)}")
+            return int(dim)
+        return self.canonical_axis(blob, p.axis)
+
+
+@register("Concat")
+class ConcatLayer(_AlongAxisLayer):
+    min_num_bottom = 1
+    exact_num_top = 1
+    _param, _legacy = "concat_param", "concat_dim"
 
     def reshape(self, bottom, top):
         self.refuse_in_place(bottom, top)
-        axis = self._axis(bottom)
+        axis = self._axis(bottom[0])
         s0 = tuple(bottom[0].shape)
         total = 0
         for i, b in enumerate(bottom):
@@ -137,14 +145,14 @@ class ConcatLayer(Layer):
 
 # ---------------------------------------------------------------------------------------------
 @register("Slice")
-class SliceLayer(Layer):
+class SliceLayer(_AlongAxisLayer):
     exact_num_bottom = 1
     min_num_top = 1
+    _param, _legacy = "slice_param", "slice_dim"
 
     def layer_setup(self, bottom, top):
+        super().layer_setup(bottom, top)
         p = self.layer_param.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            self.fail("give either slice_param.axis or slice_param.slice_dim, not both")
         self.slice_point = [int(v) for v in p.slice_point]
         if self.slice_point and len(self.slice_point) != len(top) - 1:
             self.fail(f"{len(self.slice_point)} slice_point values given for {len(top)} tops "
@@ -152,15 +160,8 @@ class SliceLayer(Layer):
 
     def reshape(self, bottom, top):
         self.refuse_in_place(bottom, top)
-        p = self.layer_param.slice_param
         b = bottom[0]
-        if p.HasField("slice_dim"):
-            if p.slice_dim >= b.num_axes:
-                self.fail(f"slice_dim {p.slice_dim} is out of range for bottom shape "
-                          f"{shape_text(b.shape)}")
-            axis = int(p.slice_dim)
-        else:
-            axis = self.canonical_axis(b, p.axis)
+        axis = self._axis(b)
         dim = b.shape[axis]
         n = len(top)
         if self.slice_point:
