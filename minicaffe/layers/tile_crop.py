@@ -5,7 +5,8 @@ from ..layer import Layer, register, shape_text
 
 @register("Tile")
 class TileLayer(Layer):
-    """Repeat the bottom ``tiles`` times along ``axis`` (whole blocks, like numpy.tile)."""
+    """Repeat the bottom ``tiles`` times along ``axis`` (whole blocks, like numpy.tile): the
+    top's ``axis`` is ``tiles`` times the bottom's, its other axes the bottom's."""
     exact_num_bottom = 1
     exact_num_top = 1
 
