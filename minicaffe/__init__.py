@@ -14,6 +14,9 @@ from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # 
 from .blob import Blob  # noqa: F401
 from .errors import LayerError, MiniCaffeError, PrototxtError, ShapeError  # noqa: F401
 from .layer import Layer, layer_types, register  # noqa: F401
+# Importing the package registers every built-in layer type (before .net_spec rebinds the name
+# ``layers`` to NetSpec's L below).
+from . import layers  # noqa: F401,E402
 from .net import TEST, TRAIN, Net  # noqa: F401
 from .proto import caffe_pb2  # noqa: F401
 

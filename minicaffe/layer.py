@@ -15,7 +15,7 @@ Every layer has Caffe's four verbs:
 """
 from . import backend
 from .blob import Blob
-from .errors import LayerError
+from .errors import LayerError, ShapeError
 from .proto import caffe_pb2
 
 _REGISTRY = {}
@@ -33,12 +33,11 @@ def register(*type_names):
 
 
 def layer_types():
-    from . import layers  # noqa: F401  (importing the package registers every layer)
+    """The registered type strings (``import minicaffe`` has registered the built-in layers)."""
     return sorted(_REGISTRY)
 
 
 def create_layer(param):
-    from . import layers  # noqa: F401
     cls = _REGISTRY.get(param.type)
     if cls is None:
         import difflib
@@ -47,6 +46,11 @@ def create_layer(param):
             " (minicaffe.layer_types() lists the known types)"
         raise LayerError(f"layer '{param.name}': unknown layer type '{param.type}'{hint}")
     return cls(param)
+
+
+def shape_text(shape):
+    """A shape as "(2, 3)", also for one axis ("(5)") and none ("()")."""
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
 
 class Layer:
@@ -146,6 +150,40 @@ class Layer:
     # -- helpers for subclasses ----------------------------------------------------------------
     def fail(self, message, cls=LayerError):
         raise cls(f"{self.type} layer '{self.name}': {message}")
+
+    def canonical_axis(self, blob, axis, what="axis"):
+        """``axis`` of ``blob`` counted from the front (negative counts from the back)."""
+        try:
+            return blob.canonical_axis_index(int(axis))
+        except IndexError:
+            self.fail(f"{what} {axis} is out of range for a {blob.num_axes}-axis bottom blob "
+                      f"of shape {shape_text(blob.shape)}")
+
+    def refuse_in_place(self, bottom, top):
+        """Fail when a top is one of the bottoms (layers that cannot run in place)."""
+        for t in top:
+            if any(t is b for b in bottom):
+                self.fail("does not allow in-place computation (give the top blob its own name)")
+
+    def legacy_dims(self, blob, what):
+        """Caffe's (num, channels, height, width) of ``blob``, which may have at most 4 axes."""
+        if blob.num_axes > 4:
+            self.fail(f"{what} needs at most 4 axes (Caffe's num/channels/height/width), got "
+                      f"shape {shape_text(blob.shape)}", ShapeError)
+        return blob.num, blob.channels, blob.height, blob.width
+
+    def init_param_blobs(self, specs):
+        """Create the parameter blobs from ``specs`` [(shape, filler), ...], or, when the layer
+        already holds blobs (weights given with the layer), check their number and shapes."""
+        if self.blobs:
+            if len(self.blobs) != len(specs):
+                self.fail(f"has {len(self.blobs)} parameter blobs, expected {len(specs)}")
+            for k, (b, (shape, _)) in enumerate(zip(self.blobs, specs)):
+                if tuple(b.shape) != tuple(shape):
+                    self.fail(f"parameter blob {k} has shape {tuple(b.shape)}, expected "
+                              f"{tuple(shape)}", ShapeError)
+            return
+        self.blobs = [self.make_param_blob(shape, filler) for shape, filler in specs]
 
     def make_param_blob(self, shape, filler_param, dtype=None):
         """A new parameter blob of ``shape`` filled by ``filler_param`` (a FillerParameter)."""

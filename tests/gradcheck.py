@@ -114,3 +114,17 @@ def check_gradients(param, bottom_arrays, num_top=1, check_bottom=None, check_pa
         if layer.param_propagate_down[p]:
             compare(f"param {p}", ana, lambda p=p: layer.blobs[p].xdata)
     return layer
+
+
+def forward_layer(text, arrays, num_top=1, in_place=False):
+    """The layer of prototxt ``text`` set up on ``arrays`` and run forward once."""
+    layer, bottom, top = setup_layer(layer_param(text), arrays, num_top=num_top,
+                                     in_place=in_place)
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    return layer, bottom, top
+
+
+def rand(shape, seed=0, scale=1.0):
+    """Seeded standard normal values, times ``scale``."""
+    return np.random.RandomState(seed).standard_normal(shape) * scale

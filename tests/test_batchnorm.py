@@ -370,14 +370,18 @@ def test_save_in_train_load_in_test(tmp_path):
         np.testing.assert_array_equal(a, b.data)
 
 
+def net_head(name, shape):
+    """A training net's first lines: its name, force_backward and an Input "data" of ``shape``."""
+    dims = " ".join(f"dim: {d}" for d in shape)
+    return (f'\nname: "{name}"\nforce_backward: true\n'
+            f'layer {{ name: "data" type: "Input" top: "data"\n'
+            f'        input_param {{ shape {{ {dims} }} }} }}\n')
+
+
 # A net of this package's own layers: a learned elementwise weight (Scale over all axes),
 # BatchNorm, Scale with bias, Bias; in place or not. The loss is 0.5 * |out - target|^2 / N,
 # its gradient written into the output diff (force_backward makes every layer run backward).
-TRAIN_NET = """
-name: "tiny"
-force_backward: true
-layer { name: "data" type: "Input" top: "data"
-        input_param { shape { dim: 8 dim: 3 dim: 2 dim: 2 } } }
+TRAIN_NET = net_head("tiny", (8, 3, 2, 2)) + """\
 layer { name: "w" type: "Scale" bottom: "data" top: "h"
         scale_param { axis: 1 num_axes: -1 filler { type: "uniform" min: 0.5 max: 1.5 } } }
 layer { name: "bn" type: "BatchNorm" bottom: "h" top: "%(a)s"
@@ -424,11 +428,7 @@ def test_in_place_training_matches_out_of_place():
     assert a.params["bn"][2].data[0] > 1
 
 
-RECIPE = """
-name: "recipe"
-force_backward: true
-layer { name: "data" type: "Input" top: "data"
-        input_param { shape { dim: 8 dim: 2 dim: 5 dim: 5 } } }
+RECIPE = net_head("recipe", (8, 2, 5, 5)) + """\
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         param { lr_mult: 1 }
         convolution_param { num_output: 3 kernel_size: 3 bias_term: false

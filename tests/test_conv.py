@@ -85,22 +85,31 @@ CASES = {
 }
 
 
+def forward_case(cases, case, kind, seed):
+    """``cases[case]`` run forward on seeded input: x, the layer, its top, the geometry."""
+    settings, shape, stride, pad, dilation, group = cases[case]
+    x = np.random.RandomState(seed).standard_normal(shape)
+    layer, bottom, top = setup_layer(layer_param(conv_text(settings, kind)), [x])
+    layer.forward(bottom, top)
+    return x, layer, top, (stride, pad, dilation, group)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_forward_matches_direct_loops(case):
-    settings, shape, stride, pad, dilation, group = CASES[case]
-    x = np.random.RandomState(0).standard_normal(shape)
-    layer, bottom, top = setup_layer(layer_param(conv_text(settings)), [x])
-    layer.forward(bottom, top)
+    x, layer, top, geometry = forward_case(CASES, case, "Convolution", seed=0)
     w, b = layer.blobs[0].data, layer.blobs[1].data
-    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, group),
+    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, *geometry),
                                rtol=1e-10, atol=1e-10)
+
+
+def check_case_gradients(cases, case, kind, seed):
+    settings, shape = cases[case][:2]
+    check_gradients(conv_text(settings, kind), [np.random.RandomState(seed).standard_normal(shape)])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_gradients(case):
-    settings, shape = CASES[case][:2]
-    x = np.random.RandomState(1).standard_normal(shape)
-    check_gradients(conv_text(settings), [x])
+    check_case_gradients(CASES, case, "Convolution", seed=1)
 
 
 def test_conv_without_bias_has_one_blob_and_right_gradients():
@@ -240,21 +249,16 @@ DECONV_CASES = {
 
 @pytest.mark.parametrize("case", sorted(DECONV_CASES))
 def test_deconv_forward_matches_direct_loops(case):
-    settings, shape, stride, pad, dilation, group = DECONV_CASES[case]
-    x = np.random.RandomState(7).standard_normal(shape)
-    layer, bottom, top = setup_layer(layer_param(conv_text(settings, "Deconvolution")), [x])
-    layer.forward(bottom, top)
+    x, layer, top, geometry = forward_case(DECONV_CASES, case, "Deconvolution", seed=7)
     w, b = layer.blobs[0].data, layer.blobs[1].data
-    assert w.shape[0] == shape[1]      # (C, num_output/group, kh, kw)
-    np.testing.assert_allclose(top[0].data, naive_deconv(x, w, b, stride, pad, dilation, group),
+    assert w.shape[0] == x.shape[1]      # (C, num_output/group, kh, kw)
+    np.testing.assert_allclose(top[0].data, naive_deconv(x, w, b, *geometry),
                                rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("case", sorted(DECONV_CASES))
 def test_deconv_gradients(case):
-    settings, shape = DECONV_CASES[case][:2]
-    x = np.random.RandomState(8).standard_normal(shape)
-    check_gradients(conv_text(settings, "Deconvolution"), [x])
+    check_case_gradients(DECONV_CASES, case, "Deconvolution", seed=8)
 
 
 def test_deconv_two_pairs_and_no_bias():
@@ -290,9 +294,9 @@ def test_conv_weights_given_with_the_layer_are_used_and_checked():
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Columns of at most ~1 image per chunk, and never kept from forward to backward."""
-    from minicaffe.layers import conv
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(conv, "KEEP_COLS_BYTES", 0)
+    from minicaffe.layers import convolution
+    monkeypatch.setattr(convolution, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(convolution, "KEEP_COLS_BYTES", 0)
 
 
 @pytest.mark.parametrize("case", ["5x5_pad2", "stride2_pad1", "group2", "pad_exceeds_kernel",

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gradcheck import check_gradients, layer_param, make_blobs, setup_layer
+from gradcheck import check_gradients, forward_layer, layer_param, make_blobs, setup_layer
 from minicaffe.blob import Blob
 from minicaffe.errors import LayerError
 
@@ -100,3 +100,61 @@ def test_ip_bad_axis_and_num_output():
         setup_layer(layer_param(ip_text("num_output: 2 axis: 3")), [np.zeros((4, 3))])
     with pytest.raises(LayerError, match="'fc'.*num_output"):
         setup_layer(layer_param(ip_text("")), [np.zeros((4, 3))])
+
+
+# --- Embed ---------------------------------------------------------------------------------
+def embed_text(k, n, bias=True):
+    return (f'type: "Embed" embed_param {{ input_dim: {k} num_output: {n} '
+            f'bias_term: {str(bias).lower()} weight_filler {{ type: "gaussian" std: 1 }} '
+            f'bias_filler {{ type: "uniform" min: -1 max: 1 }} }}')
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(5,), (2, 3), (2, 2, 2)])
+def test_embed_forward(bias, shape):
+    k, n = 6, 4
+    idx = np.random.RandomState(12).randint(0, k, shape).astype(np.float64)
+    layer, _, top = forward_layer(embed_text(k, n, bias), [idx])
+    assert layer.blobs[0].shape == (k, n)
+    assert len(layer.blobs) == (2 if bias else 1)
+    assert top[0].shape == shape + (n,)
+    w = layer.blobs[0].data
+    for pos in np.ndindex(*shape):
+        expect = w[int(idx[pos])] + (layer.blobs[1].data if bias else 0)
+        np.testing.assert_allclose(top[0].data[pos], expect, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_embed_gradients(bias):
+    # Repeated indices: their gradients must add up in the same weight row.
+    idx = np.array([[0, 3, 3], [5, 0, 3]], dtype=np.float64)
+    check_gradients(embed_text(6, 4, bias), [idx], check_bottom=[])
+
+
+def test_embed_weight_gradient_accumulates_rows():
+    idx = np.array([1.0, 1.0, 2.0])
+    layer, bottom, top = forward_layer(embed_text(3, 2), [idx])
+    dy = np.array([[1.0, 2.0], [10.0, 20.0], [100.0, 200.0]])
+    top[0].diff[...] = dy
+    layer.blobs[0].diff[...] = 0.5          # parameter gradients accumulate
+    layer.blobs[1].diff[...] = 0
+    layer.backward(top, [False], bottom)
+    np.testing.assert_allclose(layer.blobs[0].diff, [[0.5, 0.5], [11.5, 22.5], [100.5, 200.5]])
+    np.testing.assert_allclose(layer.blobs[1].diff, [111, 222])
+
+
+def test_embed_errors():
+    with pytest.raises(LayerError, match="out of range"):
+        forward_layer(embed_text(4, 2), [np.array([0.0, 4.0])])
+    with pytest.raises(LayerError, match="out of range"):
+        forward_layer(embed_text(4, 2), [np.array([-1.0])])
+    with pytest.raises(LayerError, match="not an integer"):
+        forward_layer(embed_text(4, 2), [np.array([1.5])])
+    with pytest.raises(LayerError, match="input_dim"):
+        forward_layer('type: "Embed" embed_param { num_output: 2 }', [np.array([0.0])])
+    with pytest.raises(LayerError, match="num_output"):
+        forward_layer('type: "Embed" embed_param { input_dim: 2 }', [np.array([0.0])])
+    layer, bottom, top = forward_layer(embed_text(4, 2), [np.array([1.0])])
+    assert not layer.allow_force_backward(0)
+    with pytest.raises(LayerError, match="backpropagate"):
+        layer.backward(top, [True], bottom)

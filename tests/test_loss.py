@@ -3,16 +3,8 @@ gradients by finite differences, Caffe's normalisation rules and error checks.""
 import numpy as np
 import pytest
 
-from gradcheck import check_gradients, layer_param, setup_layer
+from gradcheck import check_gradients, forward_layer, layer_param, setup_layer
 from minicaffe.errors import LayerError
-
-
-def forward(text, arrays, num_top=1, in_place=False):
-    layer, bottom, top = setup_layer(layer_param(text), arrays, num_top=num_top,
-                                     in_place=in_place)
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    return layer, bottom, top
 
 
 def softmax_ref(x, axis):
@@ -32,7 +24,7 @@ def softmax_ref(x, axis):
 def test_softmax_forward(shape, axis, in_place):
     x = np.random.RandomState(0).standard_normal(shape) * 3
     text = f'type: "Softmax" softmax_param {{ axis: {axis} }}'
-    _, _, top = forward(text, [x], in_place=in_place)
+    _, _, top = forward_layer(text, [x], in_place=in_place)
     y = top[0].data
     np.testing.assert_allclose(y.sum(axis=axis), 1.0, rtol=1e-12)
     np.testing.assert_allclose(y, softmax_ref(x, axis), rtol=1e-12)
@@ -41,7 +33,7 @@ def test_softmax_forward(shape, axis, in_place):
 def test_softmax_is_stable_for_large_inputs():
     x = np.array([[1000.0, 1001.0, 999.0], [-1000.0, -1000.0, -1002.0]])
     with np.errstate(over="raise", invalid="raise"):
-        _, _, top = forward('type: "Softmax"', [x])
+        _, _, top = forward_layer('type: "Softmax"', [x])
     e = np.exp([-1.0, 0.0, -2.0])
     np.testing.assert_allclose(top[0].data[0], e / e.sum(), rtol=1e-12)
     e = np.exp([0.0, 0.0, -2.0])
@@ -76,10 +68,8 @@ def swl_reference(x, labels, axis=1, ignore=None, mode="VALID"):
     return total / max(norm, 1)
 
 
-def swl_text(axis=None, ignore=None, normalization=None, normalize=None):
-    parts = ['type: "SoftmaxWithLoss"']
-    if axis is not None:
-        parts.append(f"softmax_param {{ axis: {axis} }}")
+def loss_param_text(ignore=None, normalization=None, normalize=None):
+    """' loss_param { ... }' with the options given, '' when none is."""
     lp = []
     if ignore is not None:
         lp.append(f"ignore_label: {ignore}")
@@ -87,9 +77,14 @@ def swl_text(axis=None, ignore=None, normalization=None, normalize=None):
         lp.append(f"normalization: {normalization}")
     if normalize is not None:
         lp.append(f"normalize: {'true' if normalize else 'false'}")
-    if lp:
-        parts.append("loss_param { " + " ".join(lp) + " }")
-    return " ".join(parts)
+    return " loss_param { " + " ".join(lp) + " }" if lp else ""
+
+
+def swl_text(axis=None, ignore=None, normalization=None, normalize=None):
+    text = 'type: "SoftmaxWithLoss"'
+    if axis is not None:
+        text += f" softmax_param {{ axis: {axis} }}"
+    return text + loss_param_text(ignore, normalization, normalize)
 
 
 def scores_and_labels(shape=(4, 5), axis=1, seed=0, ignore=None):
@@ -107,7 +102,7 @@ def scores_and_labels(shape=(4, 5), axis=1, seed=0, ignore=None):
 @pytest.mark.parametrize("ignore", [None, 2, -1])
 def test_softmax_loss_normalizations(mode, ignore):
     x, lab = scores_and_labels((3, 4, 2, 3), seed=1, ignore=ignore)
-    _, _, top = forward(swl_text(ignore=ignore, normalization=mode), [x, lab])
+    _, _, top = forward_layer(swl_text(ignore=ignore, normalization=mode), [x, lab])
     assert tuple(top[0].shape) == ()
     assert top[0].count == 1
     ref = swl_reference(x, lab, 1, ignore, mode)
@@ -127,7 +122,7 @@ def test_softmax_loss_default_is_valid_and_legacy_normalize():
                       (swl_text(ignore=1, normalize=False), ref_batch),
                       # an explicit normalization wins over the legacy flag
                       (swl_text(ignore=1, normalize=False, normalization="VALID"), ref_valid)]:
-        _, _, top = forward(text, [x, lab])
+        _, _, top = forward_layer(text, [x, lab])
         np.testing.assert_allclose(float(top[0].data), ref, rtol=1e-12, err_msg=text)
 
 
@@ -135,7 +130,7 @@ def test_softmax_loss_hand_value():
     # two samples, 3 classes: -log softmax at the labels, averaged
     x = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
     lab = np.array([1.0, 0.0])
-    _, _, top = forward(swl_text(), [x, lab])
+    _, _, top = forward_layer(swl_text(), [x, lab])
     want = (np.log(3.0) + np.log(1 + 2 * np.exp(-2.0))) / 2
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-12)
 
@@ -146,7 +141,7 @@ def test_softmax_loss_hand_value():
 def test_softmax_loss_other_axes(shape, axis, ignore):
     x, lab = scores_and_labels(shape, axis=axis, seed=3, ignore=ignore)
     text = swl_text(axis=axis, ignore=ignore)
-    _, _, top = forward(text, [x, lab])
+    _, _, top = forward_layer(text, [x, lab])
     np.testing.assert_allclose(float(top[0].data), swl_reference(x, lab, axis, ignore),
                                rtol=1e-12)
     check_gradients(text, [x, lab], check_bottom=[0])
@@ -155,7 +150,7 @@ def test_softmax_loss_other_axes(shape, axis, ignore):
 def test_softmax_loss_gradient_closed_form_with_ignore_and_weight():
     x, lab = scores_and_labels((3, 4), seed=4)
     lab[1] = 7
-    layer, bottom, top = forward(swl_text(ignore=7), [x, lab])
+    layer, bottom, top = forward_layer(swl_text(ignore=7), [x, lab])
     top[0].diff[...] = 2.5
     layer.backward(top, [True, False], bottom)
     p = softmax_ref(x, 1)
@@ -169,7 +164,7 @@ def test_softmax_loss_gradient_closed_form_with_ignore_and_weight():
 
 def test_softmax_loss_second_top_is_probabilities():
     x, lab = scores_and_labels((2, 3, 2, 2), seed=5)
-    layer, bottom, top = forward(swl_text(), [x, lab], num_top=2)
+    layer, bottom, top = forward_layer(swl_text(), [x, lab], num_top=2)
     np.testing.assert_allclose(top[1].data, softmax_ref(x, 1), rtol=1e-12)
     np.testing.assert_allclose(float(top[0].data), swl_reference(x, lab), rtol=1e-12)
     assert layer.loss_weights == [1.0, 0.0]
@@ -178,7 +173,7 @@ def test_softmax_loss_second_top_is_probabilities():
 def test_softmax_loss_all_ignored_clamps_normalizer():
     x = np.random.RandomState(6).standard_normal((2, 3))
     lab = np.array([4.0, 4.0])
-    layer, bottom, top = forward(swl_text(ignore=4), [x, lab])
+    layer, bottom, top = forward_layer(swl_text(ignore=4), [x, lab])
     assert float(top[0].data) == 0.0
     layer.backward(top, [True, False], bottom)
     assert np.all(bottom[0].diff == 0) and np.all(np.isfinite(bottom[0].diff))
@@ -193,7 +188,7 @@ def test_softmax_loss_default_loss_weight_is_set_on_top_diff():
 
 def test_softmax_loss_refuses_label_backward_and_bad_labels():
     x, lab = scores_and_labels(seed=8)
-    layer, bottom, top = forward(swl_text(), [x, lab])
+    layer, bottom, top = forward_layer(swl_text(), [x, lab])
     with pytest.raises(LayerError, match="cannot backpropagate to label inputs"):
         layer.backward(top, [True, True], bottom)
     assert layer.allow_force_backward(0) and not layer.allow_force_backward(1)
@@ -204,7 +199,7 @@ def test_softmax_loss_refuses_label_backward_and_bad_labels():
     bad = lab.copy()
     bad[0] = 5
     with pytest.raises(LayerError, match="out of range"):
-        forward(swl_text(), [x, bad])
+        forward_layer(swl_text(), [x, bad])
 
 
 # --- EuclideanLoss -------------------------------------------------------------------------
@@ -212,7 +207,7 @@ def test_softmax_loss_refuses_label_backward_and_bad_labels():
 def test_euclidean_loss(shapes):
     r = np.random.RandomState(9)
     a, b = r.standard_normal(shapes[0]), r.standard_normal(shapes[1])
-    _, _, top = forward('type: "EuclideanLoss"', [a, b])
+    _, _, top = forward_layer('type: "EuclideanLoss"', [a, b])
     want = sum((a.ravel()[i] - b.ravel()[i]) ** 2 for i in range(a.size)) / (2 * a.shape[0])
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-12)
     check_gradients('type: "EuclideanLoss"', [a, b])
@@ -220,7 +215,7 @@ def test_euclidean_loss(shapes):
 
 def test_euclidean_loss_gradient_signs_and_errors():
     a, b = np.array([[1.0, 2.0]]), np.array([[0.5, 3.0]])
-    layer, bottom, top = forward('type: "EuclideanLoss"', [a, b])
+    layer, bottom, top = forward_layer('type: "EuclideanLoss"', [a, b])
     top[0].diff[...] = 2.0
     layer.backward(top, [True, True], bottom)
     np.testing.assert_allclose(bottom[0].diff, [[1.0, -2.0]])
@@ -245,15 +240,7 @@ def sce_reference(x, t, ignore=None, mode="BATCH_SIZE"):
 
 
 def sce_text(ignore=None, normalization=None, normalize=None):
-    lp = []
-    if ignore is not None:
-        lp.append(f"ignore_label: {ignore}")
-    if normalization is not None:
-        lp.append(f"normalization: {normalization}")
-    if normalize is not None:
-        lp.append(f"normalize: {'true' if normalize else 'false'}")
-    return 'type: "SigmoidCrossEntropyLoss"' + (" loss_param { " + " ".join(lp) + " }"
-                                                 if lp else "")
+    return 'type: "SigmoidCrossEntropyLoss"' + loss_param_text(ignore, normalization, normalize)
 
 
 def sce_data(shape=(3, 2, 2, 2), seed=10, ignore=None):
@@ -271,7 +258,7 @@ def sce_data(shape=(3, 2, 2, 2), seed=10, ignore=None):
 def test_sigmoid_cross_entropy(mode, ignore):
     x, t = sce_data(ignore=ignore)
     text = sce_text(ignore=ignore, normalization=mode)
-    _, _, top = forward(text, [x, t])
+    _, _, top = forward_layer(text, [x, t])
     ref = sce_reference(x, t, ignore, mode or "BATCH_SIZE")   # Caffe's default: BATCH_SIZE
     np.testing.assert_allclose(float(top[0].data), ref, rtol=1e-11)
     check_gradients(text, [x, t], check_bottom=[0])
@@ -279,9 +266,9 @@ def test_sigmoid_cross_entropy(mode, ignore):
 
 def test_sigmoid_cross_entropy_legacy_normalize():
     x, t = sce_data(ignore=-1)
-    _, _, top = forward(sce_text(ignore=-1, normalize=True), [x, t])
+    _, _, top = forward_layer(sce_text(ignore=-1, normalize=True), [x, t])
     np.testing.assert_allclose(float(top[0].data), sce_reference(x, t, -1, "VALID"), rtol=1e-11)
-    _, _, top = forward(sce_text(ignore=-1, normalize=False), [x, t])
+    _, _, top = forward_layer(sce_text(ignore=-1, normalize=False), [x, t])
     np.testing.assert_allclose(float(top[0].data), sce_reference(x, t, -1, "BATCH_SIZE"),
                                rtol=1e-11)
 
@@ -290,7 +277,7 @@ def test_sigmoid_cross_entropy_is_stable_and_checks():
     x = np.array([[-200.0, 200.0, -200.0, 200.0]])
     t = np.array([[0.0, 1.0, 1.0, 0.0]])
     with np.errstate(over="raise", invalid="raise", divide="raise"):
-        layer, bottom, top = forward(sce_text(), [x, t])
+        layer, bottom, top = forward_layer(sce_text(), [x, t])
     np.testing.assert_allclose(float(top[0].data), 400.0, rtol=1e-12)
     top[0].diff[...] = 1.0
     layer.backward(top, [True, False], bottom)
@@ -317,7 +304,7 @@ HAND_LABELS = np.array([1.0, 0.0, 0.0, 2.0, 2.0])
 ])
 def test_accuracy_hand_counts(top_k, acc, per_class):
     text = f'type: "Accuracy" accuracy_param {{ top_k: {top_k} }}'
-    _, _, top = forward(text, [HAND_SCORES, HAND_LABELS], num_top=2)
+    _, _, top = forward_layer(text, [HAND_SCORES, HAND_LABELS], num_top=2)
     assert tuple(top[0].shape) == ()
     assert tuple(top[1].shape) == (3,)
     np.testing.assert_allclose(float(top[0].data), acc, rtol=1e-12)
@@ -326,11 +313,11 @@ def test_accuracy_hand_counts(top_k, acc, per_class):
 
 def test_accuracy_ignore_label_and_absent_class():
     text = 'type: "Accuracy" accuracy_param { ignore_label: 0 }'
-    _, _, top = forward(text, [HAND_SCORES, HAND_LABELS], num_top=2)
+    _, _, top = forward_layer(text, [HAND_SCORES, HAND_LABELS], num_top=2)
     np.testing.assert_allclose(float(top[0].data), 2 / 3, rtol=1e-12)   # rows 0, 3, 4
     np.testing.assert_allclose(top[1].data, [0.0, 1.0, 0.5], rtol=1e-12)
     # everything ignored: 0, not a division by zero
-    _, _, top = forward(text, [HAND_SCORES, np.zeros(5)], num_top=2)
+    _, _, top = forward_layer(text, [HAND_SCORES, np.zeros(5)], num_top=2)
     assert float(top[0].data) == 0.0
     np.testing.assert_array_equal(top[1].data, [0.0, 0.0, 0.0])
 
@@ -355,14 +342,14 @@ def test_accuracy_other_axes_against_loops(shape, axis, top_k):
         per_hit[lv] += ok
         per_n[lv] += 1
     text = f'type: "Accuracy" accuracy_param {{ top_k: {top_k} axis: {axis} }}'
-    _, _, top = forward(text, [x, lab], num_top=2)
+    _, _, top = forward_layer(text, [x, lab], num_top=2)
     np.testing.assert_allclose(float(top[0].data), hits / n, rtol=1e-12)
     want = np.where(per_n > 0, per_hit / np.maximum(per_n, 1), 0)
     np.testing.assert_allclose(top[1].data, want, rtol=1e-12)
 
 
 def test_accuracy_errors():
-    layer, bottom, top = forward('type: "Accuracy"', [HAND_SCORES, HAND_LABELS])
+    layer, bottom, top = forward_layer('type: "Accuracy"', [HAND_SCORES, HAND_LABELS])
     assert layer.loss_weights == [0.0]
     assert not layer.allow_force_backward(0) and not layer.allow_force_backward(1)
     layer.backward(top, [False, False], bottom)

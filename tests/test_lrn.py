@@ -6,41 +6,38 @@ from gradcheck import check_gradients, layer_param, setup_layer
 from minicaffe.errors import LayerError
 
 
-def lrn_across_reference(x, size, alpha, beta, k):
+def lrn_reference(x, size, alpha, beta, k, across):
+    """y = x * scale^-beta with scale from the sum of x^2 over each position's window.
+
+    ACROSS_CHANNELS: the size channels centred on c (zero padded), scale = k + alpha/size * sum.
+    WITHIN_CHANNEL (Caffe: square -> AVE pool size x size, pad (size-1)/2, stride 1, divisor
+    size*size because padded positions count -> power -> product): the size x size window
+    centred on (h, w), scale = 1 + alpha * avg; k is unused.
+    """
     N, C, H, W = x.shape
     half = (size - 1) // 2
     y = np.zeros_like(x)
-    for n in range(N):
-        for c in range(C):
-            for h in range(H):
-                for w in range(W):
-                    s = 0.0
-                    for cc in range(c - half, c + half + 1):
-                        if 0 <= cc < C:
-                            s += x[n, cc, h, w] ** 2
-                    scale = k + alpha / size * s
-                    y[n, c, h, w] = x[n, c, h, w] * scale ** -beta
+    for n, c, h, w in np.ndindex(N, C, H, W):
+        if across:
+            window = [(cc, h, w) for cc in range(c - half, c + half + 1)]
+        else:
+            window = [(c, hh, ww) for hh in range(h - half, h + half + 1)
+                      for ww in range(w - half, w + half + 1)]
+        s = 0.0
+        for cc, hh, ww in window:
+            if 0 <= cc < C and 0 <= hh < H and 0 <= ww < W:
+                s += x[n, cc, hh, ww] ** 2
+        scale = k + alpha / size * s if across else 1.0 + alpha * (s / (size * size))
+        y[n, c, h, w] = x[n, c, h, w] * scale ** -beta
     return y
+
+
+def lrn_across_reference(x, size, alpha, beta, k):
+    return lrn_reference(x, size, alpha, beta, k, across=True)
 
 
 def lrn_within_reference(x, size, alpha, beta):
-    # Caffe: square -> AVE pool (size x size, pad (size-1)/2, stride 1; divisor size*size
-    # because padded positions count) -> (1 + alpha * avg)^-beta -> times x. k is unused.
-    N, C, H, W = x.shape
-    half = (size - 1) // 2
-    y = np.zeros_like(x)
-    for n in range(N):
-        for c in range(C):
-            for h in range(H):
-                for w in range(W):
-                    s = 0.0
-                    for hh in range(h - half, h + half + 1):
-                        for ww in range(w - half, w + half + 1):
-                            if 0 <= hh < H and 0 <= ww < W:
-                                s += x[n, c, hh, ww] ** 2
-                    avg = s / (size * size)
-                    y[n, c, h, w] = x[n, c, h, w] * (1.0 + alpha * avg) ** -beta
-    return y
+    return lrn_reference(x, size, alpha, beta, None, across=False)
 
 
 def run(text, x):

@@ -46,9 +46,14 @@ ONE_BOTTOM = [
 
 
 # ---------------------------------------------------------------------- Scale gradients
+def with_and_without_bias_in_place(test):
+    """Parametrise ``test`` over bias_term and in_place, both False and True."""
+    test = pytest.mark.parametrize("in_place", [False, True])(test)
+    return pytest.mark.parametrize("bias_term", [False, True])(test)
+
+
 @pytest.mark.parametrize("shape,axis,num_axes", ONE_BOTTOM)
-@pytest.mark.parametrize("bias_term", [False, True])
-@pytest.mark.parametrize("in_place", [False, True])
+@with_and_without_bias_in_place
 def test_scale_gradient_learned(shape, axis, num_axes, bias_term, in_place):
     text = (f'type: "Scale" scale_param {{ axis: {axis} num_axes: {num_axes} {GAUSS} '
             f'bias_term: {str(bias_term).lower()} {GAUSS_B} }}')
@@ -69,8 +74,7 @@ TWO_BOTTOM = [
 
 
 @pytest.mark.parametrize("shape,pshape,axis", TWO_BOTTOM)
-@pytest.mark.parametrize("bias_term", [False, True])
-@pytest.mark.parametrize("in_place", [False, True])
+@with_and_without_bias_in_place
 def test_scale_gradient_two_bottoms(shape, pshape, axis, bias_term, in_place):
     text = (f'type: "Scale" scale_param {{ axis: {axis} bias_term: {str(bias_term).lower()} '
             f'{GAUSS_B} }}')

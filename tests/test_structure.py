@@ -223,6 +223,16 @@ def test_eltwise_errors():
 
 
 # -- Flatten ----------------------------------------------------------------------------------
+def check_view(text, x, expected):
+    """Gradients check out and the top is a view of ``x`` reshaped to ``expected``."""
+    check_gradients(text, [x])
+    layer, bottom, top = forward(text, [x])
+    assert top[0].shape == expected
+    np.testing.assert_array_equal(top[0].xdata, x.reshape(expected))
+    assert np.shares_memory(top[0].xdata, bottom[0].xdata)
+    return layer, bottom, top
+
+
 @pytest.mark.parametrize("params,expected", [
     ("", (2, 60)),
     ("flatten_param { axis: 2 }", (2, 3, 20)),
@@ -232,12 +242,7 @@ def test_eltwise_errors():
 ])
 def test_flatten(params, expected):
     x = rnd(2, 3, 4, 5)
-    text = f'type: "Flatten" {params}'
-    check_gradients(text, [x])
-    layer, bottom, top = forward(text, [x])
-    assert top[0].shape == expected
-    np.testing.assert_array_equal(top[0].xdata, x.reshape(expected))
-    assert np.shares_memory(top[0].xdata, bottom[0].xdata)
+    layer, bottom, top = check_view(f'type: "Flatten" {params}', x, expected)
     # backward: the bottom's diff is the top's diff reshaped
     d = rnd(*expected, seed=9)
     top[0].xdiff[...] = d
@@ -275,12 +280,7 @@ def test_flatten_follows_new_bottom_shape_and_refuses_in_place():
 ])
 def test_reshape(params, expected):
     x = rnd(2, 3, 4, 5)
-    text = f'type: "Reshape" reshape_param {{ {params} }}'
-    check_gradients(text, [x])
-    _, bottom, top = forward(text, [x])
-    assert top[0].shape == expected
-    np.testing.assert_array_equal(top[0].xdata, x.reshape(expected))
-    assert np.shares_memory(top[0].xdata, bottom[0].xdata)
+    _, bottom, top = check_view(f'type: "Reshape" reshape_param {{ {params} }}', x, expected)
     assert np.shares_memory(top[0].xdiff, bottom[0].xdiff)
 
 

@@ -1,7 +1,8 @@
 """Data pipeline: LMDB databases of Datums, Caffe's DataTransformer, image I/O, and the tools
 that make datasets (CIFAR-10 download/conversion, convert_imageset, compute_image_mean).
 
-The layers that read these live in ``minicaffe.layers.data_layers`` (Data, ImageData, HDF5Data).
+The layers that read these live in ``minicaffe.layers.data`` (Data, ImageData) and
+``minicaffe.layers.hdf5`` (HDF5Data).
 """
 from .db import (LMDBWriter, array_to_datum, datum_to_array, iter_datums,  # noqa: F401
                  iter_items, num_entries)

@@ -1,76 +1,216 @@
-"""Layers that bring data into the net without reading files: Input and DummyData."""
-from ..fillers import filled_array
-from ..layer import Layer, register
+"""Layers that read data from files through a prefetch thread: Data (LMDB of Datums) and
+ImageData (list of image files).
+
+Both prepare batches ``prefetch`` ahead (``prefetch.PrefetchingDataLayer``). Their randomness
+(crops, mirrors, shuffles) comes from a NumPy generator seeded from ``backend.rng()`` when the
+layer is set up: only the prefetch thread draws from it, in batch order, so a run is
+reproducible with ``set_random_seed`` whatever the thread timing.
+"""
+import logging
+import os
+
+import numpy as np
+
+from .. import backend
+from ..data.db import LEVELDB_HINT, LoopingCursor, is_lmdb, iter_items, parse_datum
+from ..data.image import read_image
+from ..data.imageset import read_image_list
+from ..data.data_transformer import DataTransformer
+from ..errors import MiniCaffeError
+from ..layer import register
 from ..proto import caffe_pb2
+from .prefetch import PrefetchingDataLayer
+
+log = logging.getLogger("minicaffe")
 
 
-def _shapes(n, shape_msgs, legacy=None):
-    """One shape per top: a single shape applies to all tops (Caffe's rule)."""
-    shapes = [tuple(s.dim) for s in shape_msgs]
-    if legacy and not shapes:
-        shapes = legacy
-    if len(shapes) == 1:
-        shapes = shapes * n
-    return shapes
+def merged_transform_param(layer_param, legacy):
+    """transform_param, with the deprecated scale/mean_file/crop_size/mirror fields of the data
+    parameter filled in where transform_param does not set them (Caffe's data upgrade)."""
+    tp = caffe_pb2.TransformationParameter()
+    tp.CopyFrom(layer_param.transform_param)
+    if legacy is not None:
+        for field in ("scale", "mean_file", "crop_size", "mirror"):
+            if legacy.HasField(field) and not tp.HasField(field):
+                setattr(tp, field, getattr(legacy, field))
+    return tp
 
 
-@register("Input")
-class InputLayer(Layer):
-    """Tops whose shape comes from input_param and whose data the user writes."""
-    exact_num_bottom = 0
-    min_num_top = 1
+
+# -- Data ---------------------------------------------------------------------------------------
+class _DatumBatches:
+    """Produces (data, labels) batches from an LMDB, opening its cursor in the calling thread."""
+
+    def __init__(self, source, batch_size, transformer, skip, name):
+        self.source = source
+        self.batch_size = batch_size
+        self.transformer = transformer
+        self.skip = skip
+        self.name = name
+        self.cursor = None
+
+    def __call__(self, recycled):
+        if self.cursor is None:
+            self.cursor = LoopingCursor(self.source, self.skip, self.name)
+        datums = [parse_datum(self.cursor.next()) for _ in range(self.batch_size)]
+        out = recycled[0] if recycled is not None else None
+        if out is not None and out.shape != self._output_shape(datums[0]):
+            out = None
+        return self.transform(datums, out)
+
+    def _output_shape(self, first):
+        if first.encoded:
+            return None  # decoded below; the buffer is reused only for raw data
+        return (self.batch_size,) + self.transformer.infer_shape(
+            (first.channels, first.height, first.width))
+
+    def transform(self, datums, out):
+        t = self.transformer
+        d0 = datums[0]
+        shape0 = (d0.channels, d0.height, d0.width)
+        raw_uint8 = all(not d.encoded and len(d.data) and
+                        (d.channels, d.height, d.width) == shape0 for d in datums)
+        if raw_uint8 and not (t.param.force_color or t.param.force_gray):
+            n = int(np.prod(shape0))
+            buf = b"".join(d.data for d in datums)
+            if len(buf) != n * len(datums):
+                bad = next(i for i, d in enumerate(datums) if len(d.data) != n)
+                t.fail(f"a datum of {self.source} holds {len(datums[bad].data)} data bytes but "
+                       f"its shape {shape0[0]}x{shape0[1]}x{shape0[2]} needs {n}")
+            batch = np.frombuffer(buf, dtype=np.uint8).reshape((len(datums),) + shape0)
+            labels = np.array([d.label for d in datums], dtype=np.float32)
+            return t.transform(batch, out=out), labels
+        return t.transform_datums(datums, out=out)
+
+
+@register("Data")
+class DataLayer(PrefetchingDataLayer):
+    """Batches of Datums from an LMDB (Caffe's Data layer), wrapping around at the end."""
 
     def layer_setup(self, bottom, top):
-        shapes = _shapes(len(top), self.layer_param.input_param.shape)
-        if shapes and len(shapes) != len(top):
-            self.fail(f"input_param has {len(self.layer_param.input_param.shape)} shapes for "
-                      f"{len(top)} tops (give one, or one per top)")
-        for t, s in zip(top, shapes):
-            t.reshape(s)
+        p = self.layer_param.data_param
+        if not p.source:
+            self.fail("data_param.source (the LMDB directory) is not set")
+        if p.batch_size <= 0:
+            self.fail("data_param.batch_size must be positive")
+        if p.backend == caffe_pb2.DataParameter.LEVELDB:
+            # LEVELDB is the proto default: accept an unset backend when the source is an LMDB.
+            if p.HasField("backend") or not is_lmdb(p.source):
+                hint = " (the source is an LMDB: set `backend: LMDB`)" if is_lmdb(p.source) else ""
+                self.fail(f"source {p.source}: {LEVELDB_HINT}{hint}")
+        if not is_lmdb(p.source):
+            what = "no such directory" if not os.path.exists(p.source) else \
+                "not an LMDB directory (no data.mdb inside)"
+            self.fail(f"cannot open source {p.source}: {what}")
+        rng = self._dedicated_rng()
+        self.transformer = DataTransformer(
+            merged_transform_param(self.layer_param, p), self.phase, rng=rng,
+            name=f"{self.type} layer '{self.name}': ")
+        skip = 0
+        if p.rand_skip:
+            skip = int(backend.rng().integers(0, p.rand_skip))
+            log.info("%s: skipping first %d data points", self.name, skip)
+        first = next(iter_items(p.source), None)
+        if first is None:
+            self.fail(f"source {p.source} is an empty LMDB")
+        datum = parse_datum(first[1])
+        chw = self.transformer.datum_array(datum, what=f"first datum of {p.source}").shape
+        shape = (int(p.batch_size),) + self.transformer.infer_shape(chw)
+        top[0].reshape(shape)
+        if len(top) > 1:
+            top[1].reshape((int(p.batch_size),))
+        log.info("%s: output data size: %s", self.name, ",".join(str(s) for s in shape))
+        self._start(_DatumBatches(p.source, int(p.batch_size), self.transformer, skip, self.name),
+                    int(p.prefetch))
 
-    def reshape(self, bottom, top):
-        pass
 
-    def forward(self, bottom, top):
-        pass
+# -- ImageData ----------------------------------------------------------------------------------
+def _image_path(root_folder, name):
+    path = root_folder + name  # Caffe concatenates; also accept a root without its slash
+    if root_folder and not os.path.exists(path) and os.path.exists(os.path.join(root_folder, name)):
+        path = os.path.join(root_folder, name)
+    return path
 
-    def backward(self, top, propagate_down, bottom):
-        pass
+
+class _ImageBatches:
+    def __init__(self, lines, pos, root, batch_size, new_h, new_w, is_color, shuffle, rng,
+                 transformer, name):
+        self.lines = lines
+        self.pos = pos
+        self.root = root
+        self.batch_size = batch_size
+        self.size = (new_h, new_w)
+        self.is_color = is_color
+        self.shuffle = shuffle
+        self.rng = rng
+        self.transformer = transformer
+        self.name = name
+
+    def __call__(self, recycled):
+        images, labels = [], []
+        for _ in range(self.batch_size):
+            name, label = self.lines[self.pos]
+            images.append(read_image(_image_path(self.root, name), self.size[0], self.size[1],
+                                     self.is_color))
+            labels.append(label)
+            self.pos += 1
+            if self.pos >= len(self.lines):
+                log.info("%s: restarting data prefetching from start", self.name)
+                self.pos = 0
+                if self.shuffle:
+                    self.rng.shuffle(self.lines)
+        out = recycled[0] if recycled is not None else None
+        shapes = {a.shape for a in images}
+        batch = np.stack(images) if len(shapes) == 1 else images
+        if out is not None:
+            want = (self.batch_size,) + self.transformer.infer_shape(images[0].shape)
+            if out.shape != want:
+                out = None
+        return self.transformer.transform(batch, out=out), np.asarray(labels, np.float32)
 
 
-@register("DummyData")
-class DummyDataLayer(Layer):
-    """Tops filled by fillers (constant 0 by default); refilled each forward unless constant."""
-    exact_num_bottom = 0
-    min_num_top = 1
+@register("ImageData")
+class ImageDataLayer(PrefetchingDataLayer):
+    """Images listed in a text file ("path label" lines), decoded BGR as Caffe does."""
 
     def layer_setup(self, bottom, top):
-        p = self.layer_param.dummy_data_param
-        n = len(top)
-        legacy = None
-        if len(p.num):
-            legacy = [(p.num[i], p.channels[i], p.height[i], p.width[i]) for i in range(len(p.num))]
-        shapes = _shapes(n, p.shape, legacy)
-        if len(shapes) != n:
-            self.fail(f"dummy_data_param gives {len(shapes)} shapes for {n} tops")
-        fillers = list(p.data_filler) or [caffe_pb2.FillerParameter(type="constant", value=0)]
-        if len(fillers) == 1:
-            fillers = fillers * n
-        if len(fillers) != n:
-            self.fail(f"dummy_data_param gives {len(fillers)} data_fillers for {n} tops")
-        self._fillers = fillers
-        self._refill = [f.type != "constant" for f in fillers]
-        for t, s, f in zip(top, shapes, fillers):
-            t.reshape(s)
-            t.xdata[...] = t.xp.asarray(filled_array(s, f))
+        p = self.layer_param.image_data_param
+        if not p.source:
+            self.fail("image_data_param.source (the list file) is not set")
+        if (p.new_height == 0) != (p.new_width == 0):
+            self.fail("new_height and new_width must be set together (or both left 0), got "
+                      f"new_height {p.new_height}, new_width {p.new_width}")
+        if p.batch_size <= 0:
+            self.fail("image_data_param.batch_size must be positive")
+        try:
+            lines = read_image_list(p.source)
+        except MiniCaffeError as e:
+            self.fail(str(e))
+        if not lines:
+            self.fail(f"image list {p.source} lists no images")
+        rng = self._dedicated_rng()
+        self.transformer = DataTransformer(
+            merged_transform_param(self.layer_param, p), self.phase, rng=rng,
+            name=f"{self.type} layer '{self.name}': ")
+        if p.shuffle:
+            rng.shuffle(lines)
+        pos = 0
+        if p.rand_skip:
+            pos = int(backend.rng().integers(0, p.rand_skip))
+            if pos >= len(lines):
+                self.fail(f"not enough images ({len(lines)}) to skip {pos}")
+        root = p.root_folder
+        try:
+            img = read_image(_image_path(root, lines[pos][0]), p.new_height, p.new_width,
+                             p.is_color)
+        except MiniCaffeError as e:
+            self.fail(str(e))
+        shape = (int(p.batch_size),) + self.transformer.infer_shape(img.shape)
+        top[0].reshape(shape)
+        if len(top) > 1:
+            top[1].reshape((int(p.batch_size),))
+        self._start(_ImageBatches(lines, pos, root, int(p.batch_size), int(p.new_height),
+                                  int(p.new_width), bool(p.is_color), bool(p.shuffle), rng,
+                                  self.transformer, self.name),
+                    int(self.layer_param.data_param.prefetch))
 
-    def reshape(self, bottom, top):
-        pass
-
-    def forward(self, bottom, top):
-        for t, f, refill in zip(top, self._fillers, self._refill):
-            if refill:
-                t.xdata[...] = t.xp.asarray(filled_array(t.shape, f))
-
-    def backward(self, top, propagate_down, bottom):
-        pass

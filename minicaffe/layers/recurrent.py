@@ -23,7 +23,6 @@ without a gradient there. cont gets none (Caffe refuses it).
 """
 from ..errors import ShapeError
 from ..layer import Layer, register
-from .conv import init_param_blobs
 from .lstm_unit import lstm_cell_backward, lstm_cell_forward
 
 
@@ -62,7 +61,7 @@ class _RecurrentLayer(Layer):
         if self.static:
             specs.append(((gh, bottom[2].count_range(1)), p.weight_filler))
         specs += self.step_param_specs(p)
-        init_param_blobs(self, specs)
+        self.init_param_blobs(specs)
         self.first_step_param = 3 if self.static else 2
         self.carried = None
 

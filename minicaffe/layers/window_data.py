@@ -32,7 +32,8 @@ import numpy as np
 from ..data.image import decode_image, read_image, resize_bilinear
 from ..errors import MiniCaffeError
 from ..layer import register
-from .data_layers import _PrefetchingDataLayer, _merged_transform_param
+from .data import merged_transform_param
+from .prefetch import PrefetchingDataLayer
 
 log = logging.getLogger("minicaffe")
 
@@ -169,12 +170,12 @@ class _WindowBatches:
 
 
 @register("WindowData")
-class WindowDataLayer(_PrefetchingDataLayer):
+class WindowDataLayer(PrefetchingDataLayer):
     exact_num_top = 2
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.window_data_param
-        tp = _merged_transform_param(self.layer_param, p)
+        tp = merged_transform_param(self.layer_param, p)
         if not p.source:
             self.fail("window_data_param.source (the window file) is not set")
         if p.batch_size <= 0:

@@ -35,68 +35,12 @@ from . import conv_cpu
 from ..proto import caffe_pb2
 from ..errors import ShapeError
 from ..layer import Layer, register
+from .conv_geometry import read_geometry
 
 # The example's conv1 columns (29 MiB; its input needs no gradient) are kept: whole training
 # steps measured 8-16 ms faster than rebuilding them in backward.
 KEEP_COLS_BYTES = 32 << 20
 CHUNK_BYTES = 16 << 20
-
-
-def init_param_blobs(layer, specs):
-    """Create the parameter blobs from ``specs`` [(shape, filler), ...], or, when the layer
-    already holds blobs (weights given with the layer), check their number and shapes."""
-    if layer.blobs:
-        if len(layer.blobs) != len(specs):
-            layer.fail(f"has {len(layer.blobs)} parameter blobs, expected {len(specs)}")
-        for k, (b, (shape, _)) in enumerate(zip(layer.blobs, specs)):
-            if tuple(b.shape) != tuple(shape):
-                layer.fail(f"parameter blob {k} has shape {tuple(b.shape)}, expected "
-                           f"{tuple(shape)}", ShapeError)
-        return
-    layer.blobs = [layer.make_param_blob(shape, filler) for shape, filler in specs]
-
-
-def _pair(layer, p, name, default, h_field=None, w_field=None):
-    """A (h, w) setting from a repeated field (given once or once per spatial axis) or from the
-    explicit ``*_h``/``*_w`` fields (Caffe's rules)."""
-    values = list(getattr(p, name))
-    if h_field and (p.HasField(h_field) or p.HasField(w_field)):
-        if values:
-            layer.fail(f"either {name} or {h_field}/{w_field} should be specified; not both")
-        return int(getattr(p, h_field)), int(getattr(p, w_field))
-    if not values:
-        if default is None:
-            layer.fail(f"{name} (or {h_field} and {w_field}) is required")
-        return default, default
-    if len(values) == 1:
-        return int(values[0]), int(values[0])
-    if len(values) == 2:
-        return int(values[0]), int(values[1])
-    layer.fail(f"{name} must be specified once, or once per spatial dimension "
-               f"(given {len(values)} times for 2 spatial dimensions)")
-
-
-def read_geometry(layer, p, bottom):
-    """Set ``layer.axis``, ``num_spatial``, ``kernel``, ``stride``, ``pad`` and ``dilation``
-    from a ConvolutionParameter ``p`` (Convolution, Deconvolution and Im2col share these)."""
-    try:
-        layer.axis = bottom.canonical_axis_index(p.axis)
-    except IndexError:
-        layer.fail(f"axis {p.axis} is out of range for bottom shape {tuple(bottom.shape)}")
-    layer.num_spatial = bottom.num_axes - layer.axis - 1
-    if layer.num_spatial != 2:
-        layer.fail(f"only 2-D spatial input (..., C, H, W from axis {p.axis}) is supported; "
-                   f"bottom shape {tuple(bottom.shape)} has {layer.num_spatial} spatial axes")
-    layer.kernel = _pair(layer, p, "kernel_size", None, "kernel_h", "kernel_w")
-    layer.stride = _pair(layer, p, "stride", 1, "stride_h", "stride_w")
-    layer.pad = _pair(layer, p, "pad", 0, "pad_h", "pad_w")
-    layer.dilation = _pair(layer, p, "dilation", 1)
-    if min(layer.kernel) <= 0:
-        layer.fail(f"filter dimensions must be nonzero, got kernel {layer.kernel}")
-    if min(layer.stride) <= 0:
-        layer.fail(f"stride must be positive, got {layer.stride}")
-    if min(layer.dilation) <= 0:
-        layer.fail(f"dilation must be positive, got {layer.dilation}")
 
 
 class _ConvolutionBase(Layer):
@@ -130,7 +74,7 @@ class _ConvolutionBase(Layer):
         specs = [(weight_shape, p.weight_filler)]
         if self.bias_term:
             specs.append(((self.num_output,), p.bias_filler))
-        init_param_blobs(self, specs)
+        self.init_param_blobs(specs)
         self._own_col = cols.Scratch()   # whole-batch columns kept from forward for dW
         self._wk = cols.Scratch()        # W as (G, Co/G, kh*kw*Ci/G)
         self._wf = cols.Scratch()        # W flipped and transposed: (G, Ci/G, kh*kw*Co/G)
@@ -326,6 +270,14 @@ class _ConvolutionBase(Layer):
     def _bias(self):
         return self.blobs[1].xdata if self.bias_term else None
 
+    def backward(self, top, propagate_down, bottom):
+        want_w = self.param_propagate_down[0]
+        # Last pair first: its columns are still in the buffer from forward.
+        for i in reversed(range(len(top))):
+            self._accumulate_bias_diff(top[i].xdiff)
+            if want_w or propagate_down[i]:
+                self._backward_pair(i, top[i], bottom[i], want_w, propagate_down[i])
+
     def _accumulate_bias_diff(self, diff):
         """db += the top diff summed over batch and space."""
         if self.bias_term and self.param_propagate_down[1]:
@@ -355,37 +307,31 @@ class ConvolutionLayer(_ConvolutionBase):
                 self._response(self._columns(x[s], own=self.keep_cols), y[s], self._bias())
             self._cached = i if self.keep_cols else None
 
-    def backward(self, top, propagate_down, bottom):
-        want_w = self.param_propagate_down[0]
-        # Last pair first: its columns are still in the buffer from forward.
-        for i in reversed(range(len(top))):
-            self._accumulate_bias_diff(top[i].xdiff)
-            if not (want_w or propagate_down[i]):
-                continue
-            if self.per_image:
-                self._backward_per_image(top[i], bottom[i], want_w, propagate_down[i])
-                continue
-            x = self._batch(bottom[i].xdata, self.img_hw, self.conv_in)
-            dy = self._batch(top[i].xdiff, self.res_hw, self.conv_out)
-            if want_w and propagate_down[i] and self.flipped and self._cached != i:
-                # dW from the image gradient's columns: the input is not im2col'ed again.
-                dx = self._batch(bottom[i].xdiff, self.img_hw, self.conv_in)
-                for s in self._chunks(self.img_chunk):
-                    self._image_from_response(dy[s], dx[s], image=x[s])
-                self._cached = None
-                continue
-            if want_w and self._cached == i:    # columns kept from forward (whole batch)
-                col = self._col_buffer(self.xp_of(self.blobs[0]), self.num,
-                                       self.res_hw[0] * self.res_hw[1], self.cg_in,
-                                       dy.dtype, own=True)
-                self._accumulate_weight_diff(col, self._response_rows(dy))
-            elif want_w:
-                for s in self._chunks():
-                    self._accumulate_weight_diff(self._columns(x[s], own=self.keep_cols),
-                                                 self._response_rows(dy[s]))
+    def _backward_pair(self, i, top, bottom, want_w, want_x):
+        if self.per_image:
+            self._backward_per_image(top, bottom, want_w, want_x)
+            return
+        x = self._batch(bottom.xdata, self.img_hw, self.conv_in)
+        dy = self._batch(top.xdiff, self.res_hw, self.conv_out)
+        if want_w and want_x and self.flipped and self._cached != i:
+            # dW from the image gradient's columns: the input is not im2col'ed again.
+            dx = self._batch(bottom.xdiff, self.img_hw, self.conv_in)
+            for s in self._chunks(self.img_chunk):
+                self._image_from_response(dy[s], dx[s], image=x[s])
             self._cached = None
-            if propagate_down[i]:
-                self._image_gradient(top[i], bottom[i])
+            return
+        if want_w and self._cached == i:    # columns kept from forward (whole batch)
+            col = self._col_buffer(self.xp_of(self.blobs[0]), self.num,
+                                   self.res_hw[0] * self.res_hw[1], self.cg_in,
+                                   dy.dtype, own=True)
+            self._accumulate_weight_diff(col, self._response_rows(dy))
+        elif want_w:
+            for s in self._chunks():
+                self._accumulate_weight_diff(self._columns(x[s], own=self.keep_cols),
+                                             self._response_rows(dy[s]))
+        self._cached = None
+        if want_x:
+            self._image_gradient(top, bottom)
 
     def _image_gradient(self, top, bottom):
         """bottom's diff from top's, through the whole-batch path in chunks."""
@@ -430,18 +376,13 @@ class DeconvolutionLayer(_ConvolutionBase):
                 t3 = t.xdata.reshape(self.num, self.num_output, -1)
                 t3 += self.blobs[1].xdata.reshape(1, -1, 1)
 
-    def backward(self, top, propagate_down, bottom):
-        want_w = self.param_propagate_down[0]
-        for i in reversed(range(len(top))):
-            self._accumulate_bias_diff(top[i].xdiff)
-            if not (want_w or propagate_down[i]):
-                continue
-            dy = self._batch(top[i].xdiff, self.img_hw, self.conv_in)
-            x = self._batch(bottom[i].xdata, self.res_hw, self.conv_out)
-            dx = self._batch(bottom[i].xdiff, self.res_hw, self.conv_out)
-            for s in self._chunks():
-                col = self._columns(dy[s])
-                if want_w:
-                    self._accumulate_weight_diff(col, self._response_rows(x[s]))
-                if propagate_down[i]:
-                    self._response(col, dx[s])
+    def _backward_pair(self, i, top, bottom, want_w, want_x):
+        dy = self._batch(top.xdiff, self.img_hw, self.conv_in)
+        x = self._batch(bottom.xdata, self.res_hw, self.conv_out)
+        dx = self._batch(bottom.xdiff, self.res_hw, self.conv_out)
+        for s in self._chunks():
+            col = self._columns(dy[s])
+            if want_w:
+                self._accumulate_weight_diff(col, self._response_rows(x[s]))
+            if want_x:
+                self._response(col, dx[s])
