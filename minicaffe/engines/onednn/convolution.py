@@ -102,7 +102,7 @@ class Convolution:
             h.lib.dnnl_post_ops_append_eltwise(ops, L.ELTWISE_RELU, self.negative_slope, 0.0)
             h.lib.dnnl_primitive_attr_set_post_ops(attr, ops)
         return h.primitive_desc(h.lib.dnnl_convolution_forward_primitive_desc_create,
-                                L.engine(), L.FORWARD_TRAINING, L.CONVOLUTION_DIRECT,
+                                h.engine, L.FORWARD_TRAINING, L.CONVOLUTION_DIRECT,
                                 self._x_any, self._w_any, self._b, self._y_any,
                                 *self._geometry, attr)
 
@@ -122,7 +122,7 @@ class Convolution:
         if "backward_data" not in self._passes:
             h = self._h
             pd = h.primitive_desc(h.lib.dnnl_convolution_backward_data_primitive_desc_create,
-                                  L.engine(), L.CONVOLUTION_DIRECT, self._x_any, self._w_any,
+                                  h.engine, L.CONVOLUTION_DIRECT, self._x_any, self._w_any,
                                   self._y_any, *self._geometry, self._hint(), h.attr())
             args = {L.ARG_DIFF_DST: self._y, L.ARG_WEIGHTS: self._w, L.ARG_DIFF_SRC: self._x}
             self._passes["backward_data"] = Pass(h, pd, args, {L.ARG_DIFF_SRC})
@@ -132,7 +132,7 @@ class Convolution:
         if "backward_weights" not in self._passes:
             h = self._h
             pd = h.primitive_desc(
-                h.lib.dnnl_convolution_backward_weights_primitive_desc_create, L.engine(),
+                h.lib.dnnl_convolution_backward_weights_primitive_desc_create, h.engine,
                 L.CONVOLUTION_DIRECT, self._x_any, self._w_any, self._b, self._y_any,
                 *self._geometry, self._hint(), h.attr())
             args = {L.ARG_SRC: self._x, L.ARG_DIFF_DST: self._y, L.ARG_DIFF_WEIGHTS: self._w}

@@ -24,6 +24,8 @@ class Handles:
 
     def __init__(self):
         self.lib = L.load()
+        # Bound now, so that objects made together share one engine even across a reset().
+        self.engine, self.stream = L.engine(), L.stream()
         self._items = []
         self._finalizer = weakref.finalize(self, _destroy, self.lib, self._items)
 
@@ -39,7 +41,7 @@ class Handles:
 
     def memory(self, md, data=None):
         """A memory of descriptor ``md`` over ``data`` (None: set later; MEMORY_ALLOCATE)."""
-        return self._own("dnnl_memory_destroy", self.lib.dnnl_memory_create, md, L.engine(),
+        return self._own("dnnl_memory_destroy", self.lib.dnnl_memory_create, md, self.engine,
                          data)
 
     def attr(self):
@@ -72,6 +74,7 @@ class Pass:
         """``user_mds``: {argument: the caller's memory descriptor}; ``outputs``: the
         arguments the primitive writes (reordered back after it runs)."""
         lib = self._lib = handles.lib
+        self._stream = handles.stream
         self._user, self._before, self._after = {}, [], []
         args = []
         for arg, user_md in user_mds.items():
@@ -95,14 +98,14 @@ class Pass:
         self._lock = threading.Lock()   # the user memories' pointers are set per call
 
     def _reorder(self, handles, src_md, dst_md, src, dst):
-        eng = L.engine()
+        eng = handles.engine
         pd = handles.primitive_desc(self._lib.dnnl_reorder_primitive_desc_create,
                                     src_md, eng, dst_md, eng, None)
         return handles.primitive(pd), _exec_args([(L.ARG_SRC, src), (L.ARG_DST, dst)])
 
     def run(self, arrays):
         """Run on ``arrays`` {argument: C-contiguous float32 ndarray}, one per user argument."""
-        lib, stream = self._lib, L.stream()
+        lib, stream = self._lib, self._stream
         with self._lock:
             for arg, a in arrays.items():
                 lib.dnnl_memory_set_data_handle(self._user[arg], a.ctypes.data)
