@@ -1,5 +1,6 @@
 """The oneDNN convolution engine against an einsum reference over an explicitly padded input."""
 import _ctypes
+import ctypes
 
 import numpy as np
 import pytest
@@ -222,3 +223,11 @@ def test_library_is_found_and_reloads_after_reset(library_path):
     assert path.endswith("libdnnl.so.3") or path.endswith("libdnnl.so.3.2")
     library_path(path)
     assert library.available() and library.version()[0] == 3
+
+
+def test_failed_call_names_the_call_and_status():
+    md = ctypes.c_void_p()
+    with pytest.raises(library.OneDNNError,
+                       match="dnnl_memory_desc_create_with_tag failed: invalid arguments"):
+        library.load().dnnl_memory_desc_create_with_tag(
+            ctypes.byref(md), 4, library.dims([1, -5, 1, 1]), library.F32, library.TAG_NCHW)

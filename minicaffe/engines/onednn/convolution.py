@@ -17,7 +17,8 @@ from . import library as L
 from .primitive import Handles, Pass
 
 LAYOUTS = {"any": L.TAG_ANY, "nchw": L.TAG_NCHW, "nhwc": L.TAG_NHWC}
-# Measured on the example's conv2 (see the package's __init__): blocked ("any") was fastest.
+# On the example's conv2 (AVX2), oneDNN's pick (nChw8c, jit) ran forward ~2.5x faster than
+# plain nchw (a GEMM path) and on par with nhwc (brgconv), backward-weights ahead of both.
 DEFAULT_LAYOUT = "any"
 
 
@@ -49,7 +50,10 @@ class Convolution:
     """Forward and both backward passes of one convolution configuration.
 
     ``relu`` fuses a ReLU (with ``negative_slope``) into forward's output, as an eltwise
-    post-op; the backward passes are the convolution's alone.
+    post-op; the backward passes are the convolution's alone. Gradients overwrite their
+    outputs (Caffe's accumulation into a param diff is the caller's). Raises
+    ``OneDNNUnavailable`` when the library cannot be loaded, ``OneDNNError`` when oneDNN
+    refuses the configuration.
     """
 
     def __init__(self, input_shape, num_output, kernel, stride=1, pad=0, dilation=1,

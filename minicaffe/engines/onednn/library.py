@@ -19,7 +19,7 @@ INSTALL_HINT = 'pip install "onednn-cpu-gomp==2023.2.0"'
 
 MAX_NDIMS = 12
 Dims = ctypes.c_int64 * MAX_NDIMS
-MEMORY_ALLOCATE = ctypes.c_void_p(-1 & (2 ** 64 - 1))   # DNNL_MEMORY_ALLOCATE: oneDNN owns it
+MEMORY_ALLOCATE = ctypes.c_void_p(2 ** 64 - 1)   # DNNL_MEMORY_ALLOCATE, (void *)-1
 
 # Enumerators from dnnl_types.h / dnnl_common_types.h (oneDNN 3.2; read from the headers).
 F32 = 3
@@ -29,7 +29,6 @@ FORWARD_TRAINING = 64
 CONVOLUTION_DIRECT = 1
 ELTWISE_RELU = 32
 SCRATCHPAD_MODE_USER = 1
-RUNTIME_OMP = 2
 TAG_ANY, TAG_X, TAG_NCHW, TAG_OIHW, TAG_GOIHW, TAG_NHWC = 1, 2, 5, 5, 6, 22
 QUERY_IMPL_INFO_STR = 8
 QUERY_SCRATCHPAD_MD = 136
@@ -196,9 +195,9 @@ def reset():
 
 
 def version():
-    """(major, minor, patch, CPU runtime is OpenMP) of the loaded library."""
+    """(major, minor, patch) of the loaded library."""
     v = load().dnnl_version().contents
-    return v.major, v.minor, v.patch, v.cpu_runtime == RUNTIME_OMP
+    return v.major, v.minor, v.patch
 
 
 def engine():
