@@ -231,3 +231,10 @@ def test_failed_call_names_the_call_and_status():
                        match="dnnl_memory_desc_create_with_tag failed: invalid arguments"):
         library.load().dnnl_memory_desc_create_with_tag(
             ctypes.byref(md), 4, library.dims([1, -5, 1, 1]), library.F32, library.TAG_NCHW)
+
+
+def test_closed_convolution_refuses_calls():
+    conv = Convolution((1, 2, 5, 5), 2, 3)
+    conv.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        conv.backward_data(np.zeros((1, 2, 3, 3), np.float32), np.zeros((2, 2, 3, 3), np.float32))

@@ -122,30 +122,33 @@ class Convolution:
             self._hint_pd = self._forward_desc(relu=False)
         return self._hint_pd
 
-    def _backward_data_pass(self):
-        if "backward_data" not in self._passes:
-            h = self._h
-            pd = h.primitive_desc(h.lib.dnnl_convolution_backward_data_primitive_desc_create,
-                                  h.engine, L.CONVOLUTION_DIRECT, self._x_any, self._w_any,
-                                  self._y_any, *self._geometry, self._hint(), h.attr())
-            args = {L.ARG_DIFF_DST: self._y, L.ARG_WEIGHTS: self._w, L.ARG_DIFF_SRC: self._x}
-            self._passes["backward_data"] = Pass(h, pd, args, {L.ARG_DIFF_SRC})
-        return self._passes["backward_data"]
+    def _backward_data(self):
+        h = self._h
+        pd = h.primitive_desc(h.lib.dnnl_convolution_backward_data_primitive_desc_create,
+                              h.engine, L.CONVOLUTION_DIRECT, self._x_any, self._w_any,
+                              self._y_any, *self._geometry, self._hint(), h.attr())
+        args = {L.ARG_DIFF_DST: self._y, L.ARG_WEIGHTS: self._w, L.ARG_DIFF_SRC: self._x}
+        return Pass(h, pd, args, {L.ARG_DIFF_SRC})
 
-    def _backward_weights_pass(self):
-        if "backward_weights" not in self._passes:
-            h = self._h
-            pd = h.primitive_desc(
-                h.lib.dnnl_convolution_backward_weights_primitive_desc_create, h.engine,
-                L.CONVOLUTION_DIRECT, self._x_any, self._w_any, self._b, self._y_any,
-                *self._geometry, self._hint(), h.attr())
-            args = {L.ARG_SRC: self._x, L.ARG_DIFF_DST: self._y, L.ARG_DIFF_WEIGHTS: self._w}
-            outputs = {L.ARG_DIFF_WEIGHTS}
-            if self._b is not None:
-                args[L.ARG_DIFF_BIAS] = self._b
-                outputs.add(L.ARG_DIFF_BIAS)
-            self._passes["backward_weights"] = Pass(h, pd, args, outputs)
-        return self._passes["backward_weights"]
+    def _backward_weights(self):
+        h = self._h
+        pd = h.primitive_desc(
+            h.lib.dnnl_convolution_backward_weights_primitive_desc_create, h.engine,
+            L.CONVOLUTION_DIRECT, self._x_any, self._w_any, self._b, self._y_any,
+            *self._geometry, self._hint(), h.attr())
+        args = {L.ARG_SRC: self._x, L.ARG_DIFF_DST: self._y, L.ARG_DIFF_WEIGHTS: self._w}
+        outputs = {L.ARG_DIFF_WEIGHTS}
+        if self._b is not None:
+            args[L.ARG_DIFF_BIAS] = self._b
+            outputs.add(L.ARG_DIFF_BIAS)
+        return Pass(h, pd, args, outputs)
+
+    def _pass(self, name):
+        if self._passes is None:   # its descriptors are gone: making a pass would crash
+            raise RuntimeError("this Convolution was closed")
+        if name not in self._passes:
+            self._passes[name] = getattr(self, "_" + name)()
+        return self._passes[name]
 
     # -- the interface -----------------------------------------------------------------------
     def forward(self, x, w, b=None, out=None):
@@ -157,7 +160,7 @@ class Convolution:
                   L.ARG_DST: _result(out, self.output_shape, "out")}
         if b is not None:
             arrays[L.ARG_BIAS] = _check(b, self.bias_shape, "b")
-        self._passes["forward"].run(arrays)
+        self._pass("forward").run(arrays)
         return arrays[L.ARG_DST]
 
     def backward_data(self, dy, w, out=None):
@@ -165,7 +168,7 @@ class Convolution:
         arrays = {L.ARG_DIFF_DST: _check(dy, self.output_shape, "dy"),
                   L.ARG_WEIGHTS: _check(w, self.weight_shape, "w"),
                   L.ARG_DIFF_SRC: _result(out, self.input_shape, "out")}
-        self._backward_data_pass().run(arrays)
+        self._pass("backward_data").run(arrays)
         return arrays[L.ARG_DIFF_SRC]
 
     def backward_weights(self, x, dy, dw=None, db=None):
@@ -175,14 +178,14 @@ class Convolution:
                   L.ARG_DIFF_WEIGHTS: _result(dw, self.weight_shape, "dw")}
         if self.bias_shape is not None:
             arrays[L.ARG_DIFF_BIAS] = _result(db, self.bias_shape, "db")
-        self._backward_weights_pass().run(arrays)
+        self._pass("backward_weights").run(arrays)
         return arrays[L.ARG_DIFF_WEIGHTS], arrays.get(L.ARG_DIFF_BIAS)
 
     def implementations(self):
         """{pass: (oneDNN implementation name, reorders per call)} for the passes made so far."""
-        return {k: (p.implementation, p.reorders) for k, p in self._passes.items()}
+        return {k: (p.implementation, p.reorders) for k, p in (self._passes or {}).items()}
 
     def close(self):
         """Free the oneDNN objects now (otherwise at garbage collection)."""
-        self._passes.clear()
+        self._passes = None
         self._h.close()
