@@ -82,21 +82,20 @@ class Convolution:
                           L.dims(pad_r))
         self._h = Handles()
         self._descriptors(LAYOUTS[layout])
-        self._forward_pd = self._forward_desc(relu)
-        self._hint_pd = self._forward_pd if not relu else None
-        self._passes = {"forward": Pass(self._h, self._forward_pd, self._forward_args(),
-                                        {L.ARG_DST})}
+        forward_pd = self._forward_desc(relu)
+        self._hint_pd = None if relu else forward_pd
+        self._passes = {"forward": Pass(self._h, forward_pd, self._forward_args(), {L.ARG_DST})}
 
     def _descriptors(self, act_tag):
         md, g = self._h.memory_desc, self.group
         o, ci, kh, kw = self.weight_shape
         self._x, self._y = md(self.input_shape, L.TAG_NCHW), md(self.output_shape, L.TAG_NCHW)
-        self._w = md((o, ci, kh, kw), L.TAG_OIHW) if g == 1 else \
-            md((g, o // g, ci, kh, kw), L.TAG_GOIHW)
+        # Grouped weights (G, O/G, I/G, kh, kw) in goihw are Caffe's (O, I/G, kh, kw) memory.
+        w_dims, w_tag = ((o, ci, kh, kw), L.TAG_OIHW) if g == 1 else \
+            ((g, o // g, ci, kh, kw), L.TAG_GOIHW)
+        self._w, self._w_any = md(w_dims, w_tag), md(w_dims, L.TAG_ANY)
         self._b = md(self.bias_shape, L.TAG_X) if self.bias_shape else None
         self._x_any, self._y_any = md(self.input_shape, act_tag), md(self.output_shape, act_tag)
-        w_dims = (o, ci, kh, kw) if g == 1 else (g, o // g, ci, kh, kw)
-        self._w_any = md(w_dims, L.TAG_ANY)
 
     def _forward_desc(self, relu):
         h = self._h
