@@ -1,5 +1,5 @@
-"""Timing harness of the benchmarks: timed rounds, per-layer timing, medians, and sides run
-in child processes one after the other, their results pooled."""
+"""Timing harness of the benchmarks: timed rounds, per-layer timing, and sides run in child
+processes one after the other, pass after pass, their results pooled."""
 import json
 import resource
 import statistics
@@ -92,10 +92,6 @@ def layer_sample(keys, fwd, bwd):
     return out
 
 
-def med_ms(ts):
-    return 1e3 * statistics.median(ts)
-
-
 def own_peak_mib():
     """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited through fork
     from the parent that started it)."""
@@ -129,19 +125,28 @@ def run_child(module, args, what):
     raise SystemExit(f"{what} child failed ({rc}):\n{out[-2000:]}")
 
 
-def alternate(sides, passes, run_side):
-    """``passes`` passes over ``sides``, ``run_side(side)`` each, one right after the other so
-    all sides meet the same load; returns side -> {"timings": name -> pooled samples,
-    "layers": row -> pooled samples, "peak_mib": max}."""
-    pooled = {s: {"timings": {}, "layers": {}, "peak_mib": 0.0} for s in sides}
+def alternate(keys, passes, run):
+    """``passes`` passes over ``keys`` (tuples of names), ``run(key)`` each, one right after
+    the other so that all meet the same load; returns one {key: result} per pass."""
+    out = []
     for p in range(passes):
         print(f"pass {p + 1}/{passes}:", end="", flush=True)
-        for side in sides:
-            print(f" {side}", end="", flush=True)
-            res, into = run_side(side), pooled[side]
-            for part in ("timings", "layers"):
-                for k, v in res[part].items():
-                    into[part].setdefault(k, []).extend(v)
-            into["peak_mib"] = max(into["peak_mib"], res["peak_mib"])
+        results = {}
+        for key in keys:
+            print(" " + "/".join(key), end="", flush=True)
+            results[key] = run(key)
+        out.append(results)
         print(flush=True)
-    return pooled
+    return out
+
+
+def pool(results):
+    """Child results pooled: "timings" and "layers" samples concatenated (name -> list),
+    "peak_mib" the largest."""
+    into = {"timings": {}, "layers": {}, "peak_mib": 0.0}
+    for res in results:
+        for part in ("timings", "layers"):
+            for k, v in res[part].items():
+                into[part].setdefault(k, []).extend(v)
+        into["peak_mib"] = max(into["peak_mib"], res["peak_mib"])
+    return into

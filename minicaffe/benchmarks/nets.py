@@ -8,6 +8,8 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 MODELS = os.path.join(ROOT, "models")
 CIFAR10_BN = os.path.join(MODELS, "cifar10_bn", "train_val.prototxt")
 CIFAR10_BN_DEPLOY = os.path.join(MODELS, "cifar10_bn", "deploy.prototxt")
+RESNET20 = os.path.join(MODELS, "cifar10_resnet20", "train_val.prototxt")
+TRAIN_VAL = {"cifar10_bn": CIFAR10_BN, "resnet20": RESNET20}   # the benchmarks' nets by name
 
 
 def quiet_logs():

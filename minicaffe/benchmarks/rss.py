@@ -65,10 +65,10 @@ def add_rss_row(table, iters, with_torch):
             t_mib = None
     what = f"peak RSS, train {iters} iters + 2 tests of 10×1000"
     if t_mib is not None:
-        table.lines.append(f"| {what} | {ours_mib:.0f} MiB | {t_mib:.0f} MiB | | "
-                           f"{ours_mib / t_mib:.2f}× |")
+        table.line(f"| {what} | {ours_mib:.0f} MiB | {t_mib:.0f} MiB | | "
+                   f"{ours_mib / t_mib:.2f}× | |", readme=True)
     else:
-        table.lines.append(f"| {what} | {ours_mib:.0f} MiB |")
+        table.line(f"| {what} | {ours_mib:.0f} MiB |", readme=True)
 
 
 if __name__ == "__main__":

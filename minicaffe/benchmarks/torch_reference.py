@@ -2,9 +2,9 @@
 
 torch is imported only inside these functions: it is never a minicaffe dependency. Caffe's
 layers map one to one: ceil-mode pooling, BatchNorm with moving-average factor 0.999
-(momentum 0.001) plus its learned affine (Caffe's Scale + Bias), no convolution bias; weights
-drawn with the prototxt's gaussian std. Module names are the prototxt's layer names, so
-per-layer rows line up.
+(momentum 0.001, eps 1e-5) plus its learned affine (Caffe's Scale + Bias, or Scale with
+bias_term), no convolution bias; weights drawn as the prototxt's fillers. In the CIFAR-10 BN
+net the module names are the prototxt's layer names, so per-layer rows line up.
 """
 import importlib.metadata
 import time
@@ -41,6 +41,58 @@ def cifar_bn_net():
         for name, std in (("conv1", 1e-4), ("conv2", 1e-2), ("conv3", 1e-2), ("ip1", 1e-2)):
             getattr(net, name).weight.normal_(0, std)
     return net
+
+
+def batch_norm(nn, channels):
+    """Caffe's BatchNorm + Scale(bias_term) with its default moving-average fraction."""
+    return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.001)
+
+
+def resnet20_net():
+    """models/cifar10_resnet20: conv-BN-ReLU, three stages of three basic blocks (16, 32, 64
+    channels, stride 2 into stages 2 and 3, 1x1 conv + BN projection shortcuts there), global
+    average pooling, a 10-way linear layer; MSRA (fan-in) weights as the prototxt's."""
+    import math
+
+    import torch
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = batch_norm(nn, cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = batch_norm(nn, cout)
+            self.proj = None
+            if stride != 1 or cin != cout:
+                self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          batch_norm(nn, cout))
+
+        def forward(self, x):
+            h = torch.relu(self.bn1(self.conv1(x)))
+            h = self.bn2(self.conv2(h))
+            return torch.relu(h + (x if self.proj is None else self.proj(x)))
+
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), batch_norm(nn, 16), nn.ReLU()]
+    cin = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for b in range(3):
+            layers.append(Block(cin, width, 2 if stage and not b else 1))
+            cin = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
+    net = nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.normal_(0, math.sqrt(2.0 / fan_in))
+                if m.bias is not None:
+                    m.bias.zero_()
+    return net
+
+
+TWINS = {"cifar10_bn": cifar_bn_net, "resnet20": resnet20_net}   # by minicaffe net name
 
 
 class TorchNet:
