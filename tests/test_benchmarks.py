@@ -117,13 +117,14 @@ def test_ratio_to_best_reference():
     assert stats.ratio(None, (1.0,)) is None
 
 
-def test_ratio_spread_is_min_max_of_per_pass_ratios():
+def test_ratio_summary_is_median_min_max_of_per_pass_ratios():
     passes = [(100.0, [50.0, 40.0]),       # 2.5
               (90.0, [45.0, None]),        # 2.0
               (None, [10.0]),              # ours missing: no ratio
-              (70.0, [None, None])]        # no reference: no ratio
-    assert stats.ratio_spread(passes) == pytest.approx((2.0, 2.5))
-    assert stats.ratio_spread([(None, [1.0])]) is None
+              (70.0, [None, None]),        # no reference: no ratio
+              (30.0, [10.0, 20.0])]        # 3.0
+    assert stats.ratio_summary(passes) == pytest.approx((2.5, 2.0, 3.0))
+    assert stats.ratio_summary([(None, [1.0])]) is None
 
 
 def result(train, forward, cores):
@@ -142,15 +143,17 @@ def synthetic_passes(cores):
              ("resnet20", "torch-nchw"): result([0.1, 0.1, 0.1], [0.5], cores[5])}]
 
 
-def test_report_rows_median_ratio_and_per_pass_spread():
+def test_report_rows_pooled_medians_and_per_pass_ratios():
     report = cpu.Report(synthetic_passes([0.0] * 6), torch_cols=True)
     report.fill(("resnet20",))
     train, forward = report.table.text().splitlines()[2:4]
-    # pooled medians: ours 250 ms (0.2/0.3 split evenly), NHWC 125 ms, NCHW 150 ms
-    assert train.split(" | ")[1:6] == ["250.00 ms", "125.00 ms", "150.00 ms", "2.00×",
+    # pooled medians: ours 250 ms (0.2/0.3 split evenly), NHWC 125 ms, NCHW 150 ms;
+    # per-pass ratios 3.0 and 2.0: median 2.5
+    assert train.split(" | ")[1:6] == ["250.00 ms", "125.00 ms", "150.00 ms", "2.50×",
                                        "2.00–3.00× |"]
-    # forward pooled: ours 1000 ms, NHWC median(0.5, 0.9) = 700, NCHW median(0.8, 0.5) = 650
-    assert forward.split(" | ")[1:6] == ["1000.00 ms", "700.00 ms", "650.00 ms", "1.54×",
+    # forward pooled: ours 1000 ms, NHWC median(0.5, 0.9) = 700, NCHW median(0.8, 0.5) = 650;
+    # their quotient (1.54) is not what is shown: both passes give 2.0 side by side
+    assert forward.split(" | ")[1:6] == ["1000.00 ms", "700.00 ms", "650.00 ms", "2.00×",
                                          "2.00–2.00× |"]
 
 
@@ -170,3 +173,16 @@ def test_readme_table_printed_on_a_quiet_machine(capsys):
     out = capsys.readouterr().out
     assert "at most 0.20 cores" in out
     assert "| resnet20: train iteration, batch 100 (Input layers) | 250.00 ms |" in out
+
+
+def test_data_layer_row_is_paired_with_the_input_layer_rounds():
+    passes = []
+    for data, inp in ((0.105, 0.1), (0.11, 0.1)):       # 1.05 and 1.10 of the Input row
+        ours = result([0.1], [1.0], 0.0)
+        ours["timings"].update(data=[data], data_input=[inp])
+        passes.append({("cifar10_bn", "ours"): ours,
+                       ("cifar10_bn", "torch-cl"): result([0.05], [0.5], 0.0)})
+    report = cpu.Report(passes, torch_cols=True)
+    report.fill(("cifar10_bn",))
+    row = [t for t, _ in report.table.lines if "Data layer" in t][0]
+    assert row.endswith("| 107.50 ms | | | 1.075× | 1.050–1.100× |")

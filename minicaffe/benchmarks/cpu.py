@@ -17,12 +17,12 @@ and for cifar10_bn also:
   1000), in a child process, next to a PyTorch child that does the same work.
 
 With torch installed (``pip install torch==2.13.0``; never a minicaffe dependency) the same
-nets run in PyTorch, channels-last and NCHW, and every row shows ours / PyTorch's best layout
-/ ratio of the medians / spread (min–max) of the per-pass ratios. Each side is timed in its
-own child process with the environment as it is, never two in one: sharing a process, torch's
-thread pools and memory slowed minicaffe's training iteration by ~30 %. The parent runs the
-children one right after the other for ``--pairs`` passes (at least two: ours, PyTorch NHWC,
-PyTorch NCHW, ours, ...), so all meet the same load, and pools their samples.
+nets run in PyTorch, channels-last and NCHW. Each side is timed in its own child process with
+the environment as it is, never two in one: sharing a process, torch's thread pools and
+memory slowed minicaffe's training iteration by ~30 %. The parent runs the children one right
+after the other for ``--pairs`` passes (at least two: ours, PyTorch NHWC, PyTorch NCHW, ours,
+...), so all meet the same load. Times are medians of the pooled samples; ratios (ours over
+PyTorch's best layout) are taken pass by pass, and every row shows their median and min–max.
 
 The machine may be shared: every child measures the CPU other processes used meanwhile (in
 cores), and the parent prints it. ``--readme`` also prints the README's table, and refuses
@@ -44,11 +44,10 @@ import numpy as np
 from .harness import (alternate, emit_result, layer_sample, layer_times, own_peak_mib, pool,
                       rounds, run_child, sample_rounds)
 from .load import README_MAX_CORES, OtherLoad, readme_refusal
-from .nets import CIFAR10_BN, ROOT, TRAIN_VAL, fill_inputs, input_net_param, make_solver, \
-    quiet_logs
+from .nets import ROOT, TRAIN_VAL, fill_inputs, input_net_param, make_solver, quiet_logs
 from .rss import add_rss_row
-from .stats import med_ms, ratio_spread
-from .table import Table, fmt_spread
+from .stats import med_ms, ratio_summary
+from .table import Table, fmt_ratio
 from .torch_reference import TWINS, TorchNet, installed_version
 
 DATA_DIR = os.path.join(ROOT, "data", "cifar10")
@@ -151,26 +150,24 @@ class Report:
             return fig(results.get((net, "ours"))), [fig(results.get((net, s)))
                                                       for s in SIDES[1:]]
         ours, refs = sides(self.pooled)
-        spread = ratio_spread([sides(p) for p in self.passes])
-        self.table.add(name, ours, *refs, spread=spread, readme=readme)
-        return ours, refs
+        self.table.add(name, ours, *refs, ratios=ratio_summary([sides(p) for p in self.passes]),
+                       readme=readme)
 
     def data_row(self):
         """The Data-layer iteration over the Input-layer one, measured in the same rounds."""
-        d, i = (figure("timings", k)(self.pooled[(DETAILED, "ours")])
-                for k in ("data", "data_input"))
+        data, inp = figure("timings", "data"), figure("timings", "data_input")
+        d, i = (fig(self.pooled[(DETAILED, "ours")]) for fig in (data, inp))
         if d is None:
             return
-        spread = ratio_spread([(figure("timings", "data")(p[(DETAILED, "ours")]),
-                                [figure("timings", "data_input")(p[(DETAILED, "ours")])])
-                               for p in self.passes])
+        ratios = ratio_summary([(data(p[(DETAILED, "ours")]), [inp(p[(DETAILED, "ours")])])
+                                for p in self.passes])
         if self.table.torch_cols:
-            self.table.line(f"| train iteration, batch 100 (Data layer, prefetch) | "
-                            f"{d:.2f} ms | | | {d / i:.3f}× of Input-layer ({i:.2f} ms) | "
-                            f"{fmt_spread(spread, 3)} |", readme=True)
+            self.table.line(f"| {DETAILED}: train iteration, batch 100 (Data layer, prefetch; "
+                            f"ratio to the Input-layer row, {i:.2f} ms) | {d:.2f} ms | | | "
+                            f"{fmt_ratio(ratios, 3)} |", readme=True)
         else:
-            self.table.line(f"| train iteration (Data layer) | {d:.2f} ms "
-                            f"({d / i:.3f}× Input) |", readme=True)
+            self.table.line(f"| {DETAILED}: train iteration (Data layer) | {d:.2f} ms "
+                            f"({ratios[0]:.3f}× Input) |", readme=True)
 
     def fill(self, nets):
         for net in nets:
@@ -211,8 +208,9 @@ def print_readme(report, argv, passes, per_child):
     worst = max(c for _, c in report.loads())
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"`python tools/benchmark.py {' '.join(argv)}` on {os.cpu_count()} CPUs, {when}: "
-          f"medians of {passes} passes of {per_child} rounds, one process per side and pass; "
-          f"ratio spread = min–max of the per-pass ratios; other processes used at most "
+          f"times are medians of {passes} passes of {per_child} rounds, one process per side "
+          f"and pass; ratios are taken pass by pass (ours over PyTorch's best layout in the "
+          f"same pass), their median and min–max shown; other processes used at most "
           f"{worst:.2f} cores meanwhile.\n")
     print(report.table.text(readme=True) + "\n")
     return 0

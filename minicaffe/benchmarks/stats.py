@@ -1,5 +1,6 @@
-"""Figures from timing samples: medians, ratios of ours to the best reference, and the
-spread of the per-pass ratios (one pass = one child process per side, run back to back)."""
+"""Figures from timing samples: medians, and the ratios of ours to the best reference taken
+pass by pass (one pass = one child process per side, run back to back, so both sides of a
+ratio met the same load): their median and spread."""
 import statistics
 
 
@@ -13,8 +14,8 @@ def ratio(ours, refs):
     return None if ours is None or not best else ours / best
 
 
-def ratio_spread(passes):
-    """(min, max) of the per-pass ratios; ``passes``: one (ours, refs) per pass. None when
-    no pass has both sides."""
+def ratio_summary(passes):
+    """(median, min, max) of the per-pass ratios; ``passes``: one (ours, refs) per pass.
+    None when no pass has both sides."""
     rs = [r for r in (ratio(o, refs) for o, refs in passes) if r is not None]
-    return (min(rs), max(rs)) if rs else None
+    return (statistics.median(rs), min(rs), max(rs)) if rs else None

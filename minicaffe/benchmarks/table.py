@@ -1,11 +1,13 @@
 """The CPU benchmark's markdown table: minicaffe beside PyTorch's two layouts, with the
-ratio of the medians and the spread of the per-pass ratios; some rows also go to the README
-table."""
-from .stats import ratio
+median and the spread of the per-pass ratios; some rows also go to the README table."""
 
 
-def fmt_spread(spread, digits=2):
-    return "" if spread is None else f"{spread[0]:.{digits}f}–{spread[1]:.{digits}f}×"
+def fmt_ratio(summary, digits=2):
+    """(median, min, max) as its two ratio cells."""
+    if summary is None:
+        return " | "
+    m, lo, hi = summary
+    return f"{m:.{digits}f}× | {lo:.{digits}f}–{hi:.{digits}f}×"
 
 
 class Table:
@@ -15,19 +17,18 @@ class Table:
 
     def header(self):
         if self.torch_cols:
-            return ("| row | minicaffe | PyTorch NHWC | PyTorch NCHW | ratio to best | "
-                    "ratio spread (passes) |\n|---|---:|---:|---:|---:|---:|")
+            return ("| row | minicaffe | PyTorch NHWC | PyTorch NCHW | ratio to best, median "
+                    "of passes | min–max of passes |\n|---|---:|---:|---:|---:|---:|")
         return "| row | minicaffe |\n|---|---:|"
 
-    def add(self, name, ours, t_cl=None, t_nchw=None, unit="ms", spread=None, readme=False):
-        """A row of figures; ``spread`` = (min, max) of the per-pass ratios."""
+    def add(self, name, ours, t_cl=None, t_nchw=None, unit="ms", ratios=None, readme=False):
+        """A row of figures; ``ratios`` = (median, min, max) of the per-pass ratios."""
         if not self.torch_cols:
             self.line(f"| {name} | {ours:.2f} {unit} |", readme)
             return
         fmt = (lambda v: "—" if v is None else f"{v:.2f} {unit}")
-        r = ratio(ours, (t_cl, t_nchw))
         self.line(f"| {name} | {fmt(ours)} | {fmt(t_cl)} | {fmt(t_nchw)} | "
-                  f"{'' if r is None else f'{r:.2f}×'} | {fmt_spread(spread)} |", readme)
+                  f"{fmt_ratio(ratios)} |", readme)
 
     def line(self, text, readme=False):
         self.lines.append((text, readme))
