@@ -11,6 +11,7 @@ import sys
 import time
 
 DEFAULT_TIMEOUT_S = 300.0
+ABORT_PAUSE_S = 0.5
 
 
 def timeout_from_environment():
@@ -73,6 +74,7 @@ class Communicator:
         """End every rank of the run now, with ``message`` on this rank's stderr."""
         sys.stderr.write(f"minicaffe: error: rank {self.rank} of {self.size}: {message}\n")
         sys.stderr.flush()
+        time.sleep(ABORT_PAUSE_S)   # lets the launcher forward the message before it kills
         self._abort_group(code)
         os._exit(code)  # the backend's abort returned (it should not): end this rank at least
 
