@@ -27,5 +27,9 @@ from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
                       NesterovSolver, RMSPropSolver, SGDSolver, get_solver)
 from . import io  # noqa: F401,E402
 from .classifier import Classifier  # noqa: F401,E402
+# pycaffe's multi-GPU names (python/train.py): caffe.NCCL, caffe.set_solver_count ...
+from .parallel import (set_multiprocess, set_solver_count, set_solver_rank,  # noqa: F401,E402
+                       solver_count, solver_rank)
+from .parallel.pycaffe import NCCL  # noqa: F401,E402
 # pycaffe's NetSpec names: caffe.layers is the NetSpec layer factory (L), as in pycaffe.
 from .net_spec import NetSpec, layers, params, to_proto  # noqa: F401,E402

@@ -5,7 +5,8 @@ import time as _time
 import numpy as np
 
 from .. import backend
-from .device import select_device, sync
+from ..parallel import training as parallel
+from .device import _gpu_ids, select_device, sync
 from .progress import Progress
 from .signals import SignalHandler
 
@@ -27,13 +28,18 @@ def cmd_train(args, parser, handler):
         parser.error("need a solver definition to train (--solver)")
     if args.snapshot and args.weights:
         parser.error("give --snapshot to resume training or --weights to finetune, not both")
+    run = parallel.join()       # mpirun, or a child of the --gpu 0,1 launcher
+    gpus = run.gpus_to_launch(_gpu_ids(args.gpu) if args.gpu else [])
+    if gpus:                    # --gpu 0,1: one process per GPU
+        return parallel.launch(args, parser, gpus)
     param = read_solver_param(args.solver)
     if args.level is not None:
         param.train_state.level = args.level
     if _stages(args):
         param.train_state.stage.extend(_stages(args))
-    select_device(args.gpu, param)
-    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals:
+    select_device(run.device_flag(args.gpu), param)
+    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals, run.guard():
+        run.seed(param)
         solver = get_solver(param, source=args.solver)
         solver.action_function = signals.get_action
         if args.snapshot:
@@ -41,8 +47,9 @@ def cmd_train(args, parser, handler):
             solver.restore(args.snapshot)
         elif args.weights:
             solver.copy_weights(args.weights)
+        run.attach(solver)
         log.info("Starting Optimization")
-        progress = Progress(handler, param.max_iter, solver.iter)
+        progress = Progress(handler, param.max_iter, solver.iter, shown=run.is_root)
         solver.iteration_hooks.append(progress)
         try:
             solver.solve()

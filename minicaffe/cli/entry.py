@@ -42,8 +42,8 @@ def build_parser():
     p.add_argument("command", choices=list(VERBS), metavar="command",
                    help="one of: " + ", ".join(VERBS))
     p.add_argument("--gpu", default="",
-                   help="run in GPU mode on the given device id ('all' or a list: the first "
-                        "is used)")
+                   help="run in GPU mode on the given device id; train with a list or "
+                        "'all' runs one process per GPU (test and time use the first)")
     p.add_argument("--solver", default="", help="the solver definition prototxt")
     p.add_argument("--model", default="", help="the model definition prototxt")
     p.add_argument("--phase", default="", choices=["", "TRAIN", "TEST"], metavar="PHASE",

@@ -3,12 +3,13 @@ import sys
 
 
 class Progress:
-    """A tqdm bar (rate, ETA, loss) on an interactive stderr; nothing otherwise."""
+    """A tqdm bar (rate, ETA, loss) on an interactive stderr; nothing otherwise (nor when not
+    ``shown``: the ranks of a parallel run other than 0)."""
 
-    def __init__(self, handler, total, initial):
+    def __init__(self, handler, total, initial, shown=True):
         self.bar = None
         self.handler = handler
-        if not sys.stderr.isatty():
+        if not shown or not sys.stderr.isatty():
             return
         try:
             from tqdm import tqdm

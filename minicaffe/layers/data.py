@@ -18,6 +18,7 @@ from ..data.imageset import read_image_list
 from ..data.data_transformer import DataTransformer
 from ..errors import MiniCaffeError
 from ..layer import register
+from ..parallel.sharding import record_stride
 from ..proto import caffe_pb2
 from .prefetch import PrefetchingDataLayer
 
@@ -48,11 +49,13 @@ class _DatumBatches:
         self.skip = skip
         self.name = name
         self.cursor = None
+        self.stride = record_stride()   # this rank's shard in a data-parallel run
 
     def __call__(self, recycled):
         if self.cursor is None:
             self.cursor = LoopingCursor(self.source, self.skip, self.name)
-        datums = [parse_datum(self.cursor.next()) for _ in range(self.batch_size)]
+        datums = [parse_datum(self.stride.next(self.cursor.next))
+                  for _ in range(self.batch_size)]
         out = recycled[0] if recycled is not None else None
         if out is not None and out.shape != self._output_shape(datums[0]):
             out = None
@@ -145,20 +148,25 @@ class _ImageBatches:
         self.rng = rng
         self.transformer = transformer
         self.name = name
+        self.stride = record_stride()   # this rank's shard in a data-parallel run
+
+    def _next_line(self):
+        line = self.lines[self.pos]
+        self.pos += 1
+        if self.pos >= len(self.lines):
+            log.info("%s: restarting data prefetching from start", self.name)
+            self.pos = 0
+            if self.shuffle:
+                self.rng.shuffle(self.lines)
+        return line
 
     def __call__(self, recycled):
         images, labels = [], []
         for _ in range(self.batch_size):
-            name, label = self.lines[self.pos]
+            name, label = self.stride.next(self._next_line)
             images.append(read_image(_image_path(self.root, name), self.size[0], self.size[1],
                                      self.is_color))
             labels.append(label)
-            self.pos += 1
-            if self.pos >= len(self.lines):
-                log.info("%s: restarting data prefetching from start", self.name)
-                self.pos = 0
-                if self.shuffle:
-                    self.rng.shuffle(self.lines)
         out = recycled[0] if recycled is not None else None
         shapes = {a.shape for a in images}
         batch = np.stack(images) if len(shapes) == 1 else images

@@ -14,6 +14,7 @@ import numpy as np
 from .. import backend
 from ..errors import LayerError, ShapeError
 from ..layer import Layer, register, shape_text
+from ..parallel.sharding import record_stride
 from .sources import DataSourceLayer
 
 log = logging.getLogger("minicaffe")
@@ -107,7 +108,9 @@ class HDF5DataLayer(DataSourceLayer):
             backend.rng().shuffle(self.data_perm)
 
     def forward(self, bottom, top):
-        bs = self.batch_size
+        # In a data-parallel run each rank reads K batches' rows and keeps every K-th.
+        stride = record_stride()
+        bs = self.batch_size * stride.count
         outs = [np.empty((bs,) + a.shape[1:], dtype=a.dtype) for a in self.arrays]
         filled = 0
         while filled < bs:
@@ -120,6 +123,7 @@ class HDF5DataLayer(DataSourceLayer):
             self.current_row += take
             if self.current_row == num:
                 self._end_of_file()
+        outs = [o[stride.rank::stride.count] for o in outs]
         for t, o in zip(top, outs):
             t.reshape(o.shape)
             t.xdata[...] = t.xp.asarray(o)

@@ -13,14 +13,15 @@ from .log_lines import cpp_float, log_net_outputs
 log = logging.getLogger("minicaffe")
 
 
-def evaluate(tnet, train_net, n_iter, compute_loss, stop_requested, stopped=False):
+def evaluate(tnet, train_net, n_iter, compute_loss, stop_requested, stopped=False, split=None):
     """Mean outputs of ``tnet`` over ``n_iter`` forward passes, flattened blob by blob, or None
-    when stopped: ``stopped`` already, or ``stop_requested()`` (asked before every pass)."""
+    when stopped: ``stopped`` already, or ``stop_requested()`` (asked before every pass).
+    ``split`` (a parallel.DataParallel) shares the passes out over the ranks and sums them."""
     tnet.share_with(train_net)
     sums = None
     loss = 0.0
     on_device = backend.xp() is not np
-    for _ in range(n_iter):
+    for _ in range(n_iter if split is None else split.local_iters(n_iter)):
         stopped = stop_requested()
         if stopped:
             break
@@ -43,6 +44,8 @@ def evaluate(tnet, train_net, n_iter, compute_loss, stop_requested, stopped=Fals
     if on_device:
         sums = [backend.to_numpy(v) for v in sums] if sums is not None else None
         loss = backend.to_float(loss)
+    if split is not None:
+        sums, loss = split.reduce_test(tnet, sums, loss)
     if compute_loss:
         log.info("Test loss: %s", cpp_float(loss / n_iter))
     per_blob = [s / n_iter for s in sums or []]

@@ -28,6 +28,7 @@ from google.protobuf import text_format
 from .. import backend
 from ..errors import MiniCaffeError
 from ..io.protobinary import write_binary
+from ..parallel import world
 from .evaluation import evaluate
 from .log_lines import cpp_float, log_net_outputs
 from .smoothed_loss import SmoothedLoss
@@ -78,6 +79,7 @@ class Solver:
         self.action_function = None      # returns a SolverAction; the CLI's signal handler
         self.iteration_hooks = []         # called with the solver after every iteration
         self._callbacks = []
+        self.parallel = None              # a parallel.DataParallel in a data-parallel run
         self._loss = SmoothedLoss()
         self._state_xp = backend.xp()    # module the solver's own arrays live in
         self.mean_scores = [[] for _ in self.test_nets]
@@ -96,7 +98,7 @@ class Solver:
             raise self._error(f"iter_size must be at least 1, got {p.iter_size}")
         if p.snapshot_format == SolverParameter.HDF5:
             log.warning("snapshot_format HDF5 is not supported; writing BINARYPROTO snapshots")
-        problem = snapshot_prefix_problem(p)
+        problem = snapshot_prefix_problem(p) if world.is_root() else None  # root writes
         if problem:
             raise self._error(problem)
 
@@ -110,9 +112,12 @@ class Solver:
                 tnet.copy_from(path)
 
     # -- the loop ------------------------------------------------------------------------------
-    def add_callback(self, on_start, on_gradients_ready):
+    def add_callback(self, on_start, on_gradients_ready=None):
         """pycaffe's hook: ``on_start()`` before each iteration's forward/backward,
-        ``on_gradients_ready()`` before the update."""
+        ``on_gradients_ready()`` before the update; or one object with both methods (a
+        ``caffe.NCCL``, as pycaffe's ``solver.add_callback(nccl)``)."""
+        if on_gradients_ready is None:
+            on_start, on_gradients_ready = on_start.on_start, on_start.on_gradients_ready
         self._callbacks.append((on_start, on_gradients_ready))
 
     def _requested_action(self):
@@ -250,7 +255,7 @@ class Solver:
         self._follow_mode()
         means = evaluate(self.test_nets[test_net_id], self.net, self.param.test_iter[test_net_id],
                          self.param.test_compute_loss, self._stop_requested_while_testing,
-                         self.requested_early_exit)
+                         self.requested_early_exit, split=self.parallel)
         if means is not None:
             self.mean_scores[test_net_id] = means
         return means
@@ -271,7 +276,10 @@ class Solver:
         return snapshot_filename(self.param.snapshot_prefix, self.iter, extension)
 
     def snapshot(self):
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``; returns both paths."""
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``; returns both paths.
+        In a data-parallel run only rank 0 writes (the others return None)."""
+        if not world.is_root():
+            return None
         if not self.param.snapshot_prefix:
             raise self._error("cannot snapshot: snapshot_prefix is not set")
         model_file = self._snapshot_filename(".caffemodel")
