@@ -160,7 +160,8 @@ def test_train_frequencies_follow_the_activations():
     live = expect > 0
     chi2 = ((counts[live] - expect[live]) ** 2 / expect[live]).sum()
     assert chi2 < 16.27, (counts, expect)
-    np.testing.assert_array_equal(top[0].data.ravel(), window.ravel()[layer.stochastic.pick.ravel()])
+    chosen = window.ravel()[layer.stochastic.pick.ravel()]
+    np.testing.assert_array_equal(top[0].data.ravel(), chosen)
 
 
 @pytest.mark.parametrize("settings, kernel, stride, shape", GEOMETRIES)
