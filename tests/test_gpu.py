@@ -213,7 +213,10 @@ CASES = {
         case('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
              [rn(2, 3, 9, 8)]),
         case('type: "Pooling" pooling_param { pool: AVE global_pooling: true }', [rn(2, 3, 5, 4)]),
-        case('type: "Pooling" pooling_param { pool: MAX global_pooling: true }', [rn(2, 3, 5, 4)])],
+        case('type: "Pooling" pooling_param { pool: MAX global_pooling: true }', [rn(2, 3, 5, 4)]),
+        # TEST only: TRAIN samples from CuPy's generator, not the host one the CPU run uses.
+        case('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }',
+             [pos(2, 3, 9, 8)], phase=TEST, forward_only=True)],
     "Power": [case('type: "Power" power_param { power: 2 scale: 0.5 shift: 1 }', [rn(3, 4)])],
     "Python": [case('type: "Python" python_param { module: "gpu_user_layers" layer: "Double" }',
                     [rn(3, 4)])],

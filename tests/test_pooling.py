@@ -212,7 +212,7 @@ def test_single_window_larger_than_image():
 
 
 @pytest.mark.parametrize("settings, shape, num_top, pattern", [
-    ("pool: STOCHASTIC kernel_size: 2", (1, 1, 4, 4), 1, "not supported"),
+    ("pool: STOCHASTIC kernel_size: 2 pad: 1", (1, 1, 4, 4), 1, "only for MAX and AVE"),
     ("pool: AVE kernel_size: 2", (1, 1, 4, 4), 2, "second top"),
     ("pool: MAX kernel_size: 2", (1, 4, 4), 1, "4 axes"),
     ("pool: MAX global_pooling: true kernel_size: 2", (1, 1, 4, 4), 1, "cannot be specified"),

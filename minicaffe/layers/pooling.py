@@ -1,4 +1,5 @@
-"""Pooling (pooling_param): MAX and AVE over kh x kw windows, Caffe's geometry.
+"""Pooling (pooling_param): MAX and AVE over kh x kw windows, Caffe's geometry; STOCHASTIC
+goes to ``stochastic_pooling`` (same output size, offsets without padding).
 
 For output position (ph, pw) the window starts at (ph*sh - pad_h, pw*sw - pad_w):
 
@@ -27,6 +28,7 @@ from ..backend import get_array_module
 from ..errors import ShapeError
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from .stochastic_pooling import StochasticPooling
 
 P = caffe_pb2.PoolingParameter
 ARGMAX_PLANES_FORWARD_ONLY = 4096
@@ -42,8 +44,6 @@ class PoolingLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.layer_param.pooling_param
         self.method = p.pool
-        if self.method == P.STOCHASTIC:
-            self.fail("STOCHASTIC pooling is not supported")
         if len(top) > 1 and self.method != P.MAX:
             self.fail(f"only MAX pooling has a second top (the argmax mask); got {len(top)} tops")
         self.global_pooling = p.global_pooling
@@ -62,6 +62,11 @@ class PoolingLayer(Layer):
             self.pad = (p.pad_h, p.pad_w)
         else:
             self.pad = (p.pad, p.pad)
+        if self.method == P.STOCHASTIC:
+            if self.pad != (0, 0):
+                self.fail(f"padding is implemented only for MAX and AVE pooling, got pad "
+                          f"{self.pad} with STOCHASTIC")
+            self.stochastic = StochasticPooling()
         if p.HasField("stride_h") or p.HasField("stride_w"):
             if p.HasField("stride") or not (p.HasField("stride_h") and p.HasField("stride_w")):
                 self.fail("stride is stride OR stride_h and stride_w are required")
@@ -162,7 +167,9 @@ class PoolingLayer(Layer):
     # -- forward -----------------------------------------------------------------------------
     def forward(self, bottom, top):
         x, y = bottom[0].xdata, top[0].xdata
-        if self.method == P.MAX:
+        if self.method == P.STOCHASTIC:
+            self.stochastic.forward(x, y, self.offsets, self.phase == caffe_pb2.TRAIN)
+        elif self.method == P.MAX:
             self._forward_max(x, y, top[1].xdata if len(top) > 1 else None)
         else:
             self._forward_ave(x, y)
@@ -229,6 +236,13 @@ class PoolingLayer(Layer):
         if not propagate_down[0]:
             return
         dy, dx = top[0].xdiff, bottom[0].xdiff
+        if self.method == P.STOCHASTIC:
+            # Caffe's TEST forward chooses no pixels; its backward would route the gradient
+            # through stale or zero indices.
+            if self.phase != caffe_pb2.TRAIN:
+                self.fail("STOCHASTIC pooling has no backward in the TEST phase")
+            self.stochastic.backward(dy, dx, self.offsets)
+            return
         if self.fast is not None:
             if self.method == P.MAX:
                 if self.argmax.shape[0] != dx.shape[0] * dx.shape[1]:
