@@ -36,6 +36,7 @@ def cmd_train(args, parser, handler):
     with SignalHandler(args.sigint_effect, args.sighup_effect) as signals:
         solver = get_solver(param, source=args.solver)
         solver.action_function = signals.get_action
+        solver.allow_nonfinite = solver.allow_nonfinite or args.allow_nonfinite
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
             solver.restore(args.snapshot)

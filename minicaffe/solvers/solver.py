@@ -18,6 +18,12 @@ not record (nor does Caffe's).
 GPU mode: the nets live on the device and the loop never waits for it. A loss is a device
 scalar, read in batches (see ``smoothed_loss``); test outputs are summed on the device and
 read once per test (see ``evaluation``).
+
+Robustness: a NaN or Inf loss stops training naming the layer that went non-finite
+(``nonfinite``; ``allow_nonfinite`` goes on); the snapshot prefix is probed before training
+(also for the final snapshot of snapshot_after_train); snapshots are written atomically in
+either snapshot_format (``snapshot_files``). ``debug_info: true`` logs Caffe's per-layer
+lines on display iterations (``net_debug_info``).
 """
 import logging
 import time
@@ -27,11 +33,14 @@ from google.protobuf import text_format
 
 from .. import backend
 from ..errors import MiniCaffeError
+from ..hdf5_weights import write_hdf5_weights
+from ..io.atomic_file import remove_stale_partials
 from ..io.protobinary import write_binary
 from .evaluation import evaluate
 from .log_lines import cpp_float, log_net_outputs
+from .nonfinite import NonFiniteError, allowed_by_env, nonfinite_culprit
 from .smoothed_loss import SmoothedLoss
-from .snapshot_files import snapshot_filename, snapshot_prefix_problem
+from .snapshot_files import snapshot_extensions, snapshot_filename, snapshot_prefix_problem
 from .solver_nets import build_test_nets, build_train_net
 from .solver_param import SolverParameter, load_solver_param
 
@@ -69,6 +78,7 @@ class Solver:
         for tnet in self.test_nets:
             tnet.share_with(self.net)
             tnet.set_forward_only()
+            tnet.debug_info = param.debug_info
         for w in param.weights:
             self.copy_weights(w)
         log.info("Solver scaffolding done.")
@@ -77,6 +87,7 @@ class Solver:
         self.requested_early_exit = False
         self.action_function = None      # returns a SolverAction; the CLI's signal handler
         self.iteration_hooks = []         # called with the solver after every iteration
+        self.allow_nonfinite = allowed_by_env()   # False: a NaN/Inf loss stops training
         self._callbacks = []
         self._loss = SmoothedLoss()
         self._state_xp = backend.xp()    # module the solver's own arrays live in
@@ -94,9 +105,10 @@ class Solver:
             raise self._error(f"average_loss must be at least 1, got {p.average_loss}")
         if p.iter_size < 1:
             raise self._error(f"iter_size must be at least 1, got {p.iter_size}")
-        if p.snapshot_format == SolverParameter.HDF5:
-            log.warning("snapshot_format HDF5 is not supported; writing BINARYPROTO snapshots")
-        problem = snapshot_prefix_problem(p)
+        self._check_snapshot_prefix()
+
+    def _check_snapshot_prefix(self, after_train=False):
+        problem = snapshot_prefix_problem(self.param, after_train)
         if problem:
             raise self._error(problem)
 
@@ -166,6 +178,7 @@ class Solver:
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
         self._loss = SmoothedLoss()
+        self._nonfinite_seen = False
         self._timer = time.perf_counter()
         self._iters_last = self.iter
         while self.iter < stop_iter:
@@ -179,6 +192,7 @@ class Solver:
             for on_start, _ in self._callbacks:
                 on_start()
             display = p.display and self.iter % p.display == 0
+            self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.net.forward_backward()
@@ -186,6 +200,8 @@ class Solver:
             self._loss.record(loss, self.iter, start_iter, p.average_loss)
             if display:
                 self._display()
+            if self._loss.nonfinite is not None and not self._nonfinite_seen:
+                self._on_nonfinite(*self._loss.nonfinite)
             for _, on_gradients_ready in self._callbacks:
                 on_gradients_ready()
             self.apply_update()
@@ -198,6 +214,18 @@ class Solver:
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
                 break
+
+    def _on_nonfinite(self, it, loss):
+        """Stop (or, allowed, warn once) on the first NaN/Inf loss, naming the layer."""
+        self._nonfinite_seen = True
+        found = "" if it == self.iter else f" (read at iteration {self.iter}, whose values " \
+            "are inspected)"
+        message = f"Iteration {it}: the loss is {loss}{found}; {nonfinite_culprit(self.net)}"
+        if self.allow_nonfinite:
+            log.warning("%s; going on (allow_nonfinite)", message)
+            return
+        raise NonFiniteError(f"{self._where}: {message}. Training stopped; pass "
+                             "--allow_nonfinite (or set MINICAFFE_ALLOW_NONFINITE=1) to go on")
 
     def _display(self):
         p = self.param
@@ -216,6 +244,7 @@ class Solver:
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
         self.requested_early_exit = False
+        self._check_snapshot_prefix(after_train=True)
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
@@ -271,13 +300,21 @@ class Solver:
         return snapshot_filename(self.param.snapshot_prefix, self.iter, extension)
 
     def snapshot(self):
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``; returns both paths."""
-        if not self.param.snapshot_prefix:
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (``.h5`` added for
+        snapshot_format: HDF5), each atomically; returns both paths."""
+        p = self.param
+        if not p.snapshot_prefix:
             raise self._error("cannot snapshot: snapshot_prefix is not set")
-        model_file = self._snapshot_filename(".caffemodel")
-        log.info("Snapshotting to binary proto file %s", model_file)
+        model_file = self._snapshot_filename(snapshot_extensions(p)[0])
         try:
-            write_binary(self.net.to_proto(write_diff=self.param.snapshot_diff), model_file)
+            remove_stale_partials(p.snapshot_prefix)
+            if p.snapshot_format == SolverParameter.HDF5:
+                log.info("Snapshotting to HDF5 file %s", model_file)
+                write_hdf5_weights(model_file, self.net.layers, self.net._params,
+                                   p.snapshot_diff)
+            else:
+                log.info("Snapshotting to binary proto file %s", model_file)
+                write_binary(self.net.to_proto(write_diff=p.snapshot_diff), model_file)
             state_file = self.snapshot_solver_state(model_file)
         except OSError as e:
             raise self._error(f"cannot write snapshot: {e}") from None
