@@ -3,6 +3,7 @@ SnapshotSolverStateToHDF5 / RestoreSolverStateFromHDF5): datasets ``iter``, ``le
 (the weights file) and ``current_step``, and group ``history`` with dataset ``<i>`` per
 history blob."""
 import logging
+import os
 
 from .. import backend
 from ..errors import MiniCaffeError
@@ -27,11 +28,16 @@ def write_hdf5_solver_state(state_file, it, current_step, model_file, history):
 def read_hdf5_solver_state(state_file):
     """(SolverState without history, the history arrays in order) from a .solverstate.h5."""
     h5py = require_h5py(f"{state_file}: restoring an HDF5 solver state")
+    if not os.path.exists(state_file):
+        raise MiniCaffeError(f"{state_file}: no such file")
     try:
         f = h5py.File(state_file, "r")
     except OSError as e:
         raise MiniCaffeError(f"{state_file}: cannot open as HDF5 ({e})") from None
     with f:
+        if "iter" not in f:
+            raise MiniCaffeError(f"{state_file}: no dataset 'iter': not a Caffe HDF5 solver "
+                                 "state (a .caffemodel.h5 given for a .solverstate.h5?)")
         state = caffe_pb2.SolverState(iter=load_int(f, "iter", state_file),
                                       current_step=load_int(f, "current_step", state_file))
         if "learned_net" in f:
