@@ -46,7 +46,10 @@ def cmd_train(args, parser, handler):
         progress = Progress(handler, param.max_iter, solver.iter)
         solver.iteration_hooks.append(progress)
         try:
-            solver.solve()
+            # The solver's non-finite check reports NaN/Inf once, naming the layer; NumPy's
+            # per-operation RuntimeWarnings would only repeat it.
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                solver.solve()
         finally:
             progress.close()
     return 0
