@@ -21,17 +21,10 @@ from minicaffe.errors import MiniCaffeError
 from minicaffe.io import parse_text
 from minicaffe.proto import caffe_pb2
 from minicaffe.solvers.nonfinite import NonFiniteError
+from test_cli import NET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NET = """name: "tiny"
-layer { name: "data" type: "DummyData" top: "data" top: "label"
-  dummy_data_param { data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" }
-    shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "out"
-  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
-layer { name: "loss" type: "EuclideanLoss" bottom: "out" bottom: "label" top: "loss" }
-"""
 # sqrt(relu(x) - 0.5) is NaN wherever relu(x) < 0.5: the Power layer goes non-finite.
 NAN_NET = NET.replace('bottom: "out" bottom: "label"', 'bottom: "root" bottom: "label"').replace(
     'layer { name: "loss"', 'layer { name: "relu" type: "ReLU" bottom: "out" top: "out" }\n'
@@ -265,16 +258,6 @@ def test_cli_nonfinite_exit_1_and_the_flag(workdir):
 
 
 # -- debug_info ------------------------------------------------------------------------------
-INPUT_NET = """name: "dbg"
-layer { name: "data" type: "Input" top: "data" top: "label"
-  input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "out"
-  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 }
-    bias_filler { type: "constant" value: 0.1 } } }
-layer { name: "loss" type: "EuclideanLoss" bottom: "out" bottom: "label" top: "loss" }
-"""
-
-
 def _logged(text, pattern):
     m = re.search(re.escape(pattern) + r" ([-\d.e+]+)\n", text)
     assert m, f"not logged: {pattern}"
@@ -284,15 +267,14 @@ def _logged(text, pattern):
 def test_debug_info_lines_match_numpy(caplog):
     lr = 0.1
     s = caffe.SGDSolver(solver_param(f"base_lr: {lr} lr_policy: 'fixed' display: 1 "
-                                     "max_iter: 1 debug_info: true", INPUT_NET))
-    rng = np.random.default_rng(4)
-    X, Y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
-    s.net.blobs["data"].data[...] = X
-    s.net.blobs["label"].data[...] = Y
+                                     "max_iter: 1 debug_info: true"))
+    s.net.params["ip"][1].data[...] = [0.1, -0.2]
     W = s.net.params["ip"][0].data.astype(np.float64)
     b = s.net.params["ip"][1].data.astype(np.float64)
     caplog.set_level(logging.INFO, logger="minicaffe")
     s.step(1)
+    X = s.net.blobs["data"].data.astype(np.float64)    # this iteration's DummyData batch
+    Y = s.net.blobs["label"].data.astype(np.float64)
     out = X @ W.T + b
     r = (out - Y) / 4
     dW, db = r.T @ X, r.sum(0)
@@ -311,4 +293,4 @@ def test_debug_info_lines_match_numpy(caplog):
     l2 = np.sqrt((W ** 2).sum() + (b ** 2).sum()), np.sqrt((dW ** 2).sum() + (db ** 2).sum())
     assert ("    [Backward] All net params (data, diff): L1 norm = (%g, %g); L2 norm = (%g, %g)"
             % (*l1, *l2)) in caplog.text
-    assert "[Backward] Layer ip, bottom blob data" not in caplog.text   # Input needs none
+    assert "[Backward] Layer ip, bottom blob data" not in caplog.text   # data needs none

@@ -15,17 +15,14 @@ import time
 import pytest
 
 import minicaffe as caffe
+from test_cli import NET as TINY_NET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NET = """name: "crash"
-layer { name: "data" type: "DummyData" top: "data" top: "label"
-  dummy_data_param { data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" }
-    shape { dim: 2 dim: 500 } shape { dim: 2 dim: 1000 } } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "out"
-  inner_product_param { num_output: 1000 weight_filler { type: "gaussian" std: 0.01 } } }
-layer { name: "loss" type: "EuclideanLoss" bottom: "out" bottom: "label" top: "loss" }
-"""
+# test_cli's tiny net made big: a 1000 x 500 weight (2 MB per snapshot, as much history).
+NET = (TINY_NET.replace("dim: 4 dim: 3", "dim: 2 dim: 500")
+       .replace("dim: 4 dim: 2", "dim: 2 dim: 1000")
+       .replace("num_output: 2", "num_output: 1000").replace("std: 0.5", "std: 0.01"))
 
 SOLVER = """net: "net.prototxt"
 base_lr: 0.01
