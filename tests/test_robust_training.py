@@ -294,3 +294,29 @@ def test_debug_info_lines_match_numpy(caplog):
     assert ("    [Backward] All net params (data, diff): L1 norm = (%g, %g); L2 norm = (%g, %g)"
             % (*l1, *l2)) in caplog.text
     assert "[Backward] Layer ip, bottom blob data" not in caplog.text   # data needs none
+
+
+# -- GPU mode on test_blob_sync's stand-in device ----------------------------------------------
+from test_blob_sync import gpu  # noqa: E402,F401  (the fixture)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_gpu_mode_nonfinite_found_when_the_losses_are_read(gpu):
+    s = caffe.SGDSolver(solver_param("base_lr: 0.01 lr_policy: 'fixed' display: 0 "
+                                     "max_iter: 3", NAN_NET))
+    s.allow_nonfinite = False
+    with pytest.raises(NonFiniteError, match=r"Iteration 0: the loss is nan \(read at "
+                                             r"iteration 3, .*layer 'ip'"):
+        s.step(3)                 # never displayed: read once the step is over
+
+
+def test_gpu_mode_debug_info_and_hdf5_snapshot(gpu, tmp_path, caplog):
+    h5py = pytest.importorskip("h5py")
+    s = caffe.SGDSolver(solver_param(f"base_lr: 0.01 lr_policy: 'fixed' display: 1 max_iter: 1 "
+                                     f"debug_info: true snapshot_format: HDF5 "
+                                     f'snapshot_prefix: "{tmp_path}/g"'))
+    caplog.set_level(logging.INFO, logger="minicaffe")
+    s.solve()
+    assert "    [Update] Layer ip, param 0 data:" in caplog.text
+    with h5py.File(tmp_path / "g_iter_1.caffemodel.h5", "r") as f:
+        np.testing.assert_array_equal(f["data/ip/0"][()], s.net.params["ip"][0].data)

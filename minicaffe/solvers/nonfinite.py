@@ -9,10 +9,13 @@ layer changes nothing (no data is read, no layer runs again). A blob written in 
 several layers holds the last one's output: the first layer of such a chain is named, with
 the others.
 """
+import logging
 import os
 
 from .. import backend
 from ..errors import MiniCaffeError
+
+log = logging.getLogger("minicaffe")
 
 ALLOW_ENV = "MINICAFFE_ALLOW_NONFINITE"
 
@@ -86,3 +89,27 @@ def nonfinite_culprit(net):
     """Where the last forward/backward of ``net`` first went non-finite, in words."""
     return (_forward_culprit(net) or _backward_culprit(net) or
             "no blob holds a non-finite value (the sum of the losses overflowed)")
+
+
+class NonFiniteCheck:
+    """One step() call's check: the first NaN/Inf loss the smoothed loss folded in is an
+    error (or, when allowed, one warning) naming its iteration and the layer."""
+
+    def __init__(self, where, allow):
+        self.where = where
+        self.allow = allow
+        self.seen = False
+
+    def __call__(self, smoothed_loss, net, current_iter):
+        if smoothed_loss.nonfinite is None or self.seen:
+            return
+        self.seen = True
+        it, loss = smoothed_loss.nonfinite
+        late = "" if it == current_iter else \
+            f" (read at iteration {current_iter}, whose values are inspected)"
+        message = f"Iteration {it}: the loss is {loss}{late}; {nonfinite_culprit(net)}"
+        if self.allow:
+            log.warning("%s; going on (allow_nonfinite)", message)
+            return
+        raise NonFiniteError(f"{self.where}: {message}. Training stopped; pass "
+                             f"--allow_nonfinite (or set {ALLOW_ENV}=1) to go on")

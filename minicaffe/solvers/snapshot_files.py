@@ -7,6 +7,7 @@ import os
 
 from .. import backend
 from ..errors import MiniCaffeError
+from ..hdf5_weights import write_hdf5_weights
 from ..io.hdf5_file import require_h5py
 from ..io.protobinary import array_to_blobproto, blobproto_to_array, read_binary, write_binary
 from ..proto import caffe_pb2
@@ -51,6 +52,16 @@ def snapshot_prefix_problem(p, after_train=False):
         return (f"cannot write to snapshot prefix '{p.snapshot_prefix}' ({e.strerror}: "
                 f"{probe}); make sure that the directory exists and is writeable")
     return None
+
+
+def write_model_snapshot(p, net, model_file):
+    """Write ``net``'s weights to ``model_file`` in SolverParameter ``p``'s snapshot_format."""
+    if p.snapshot_format == SolverParameter.HDF5:
+        log.info("Snapshotting to HDF5 file %s", model_file)
+        write_hdf5_weights(model_file, net.layers, net._params, p.snapshot_diff)
+    else:
+        log.info("Snapshotting to binary proto file %s", model_file)
+        write_binary(net.to_proto(write_diff=p.snapshot_diff), model_file)
 
 
 def write_solver_state(state_file, it, current_step, model_file, history):

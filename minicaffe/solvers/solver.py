@@ -33,16 +33,15 @@ from google.protobuf import text_format
 
 from .. import backend
 from ..errors import MiniCaffeError
-from ..hdf5_weights import write_hdf5_weights
 from ..io.atomic_file import remove_stale_partials
-from ..io.protobinary import write_binary
 from .evaluation import evaluate
 from .log_lines import cpp_float, log_net_outputs
-from .nonfinite import NonFiniteError, allowed_by_env, nonfinite_culprit
+from .nonfinite import NonFiniteCheck, allowed_by_env
 from .smoothed_loss import SmoothedLoss
-from .snapshot_files import snapshot_extensions, snapshot_filename, snapshot_prefix_problem
+from .snapshot_files import (snapshot_extensions, snapshot_filename, snapshot_prefix_problem,
+                             write_model_snapshot)
 from .solver_nets import build_test_nets, build_train_net
-from .solver_param import SolverParameter, load_solver_param
+from .solver_param import load_solver_param
 
 log = logging.getLogger("minicaffe")
 
@@ -178,7 +177,7 @@ class Solver:
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
         self._loss = SmoothedLoss()
-        self._nonfinite_seen = False
+        check_nonfinite = NonFiniteCheck(self._where, self.allow_nonfinite)
         self._timer = time.perf_counter()
         self._iters_last = self.iter
         while self.iter < stop_iter:
@@ -200,8 +199,7 @@ class Solver:
             self._loss.record(loss, self.iter, start_iter, p.average_loss)
             if display:
                 self._display()
-            if self._loss.nonfinite is not None and not self._nonfinite_seen:
-                self._on_nonfinite(*self._loss.nonfinite)
+            check_nonfinite(self._loss, self.net, self.iter)
             for _, on_gradients_ready in self._callbacks:
                 on_gradients_ready()
             self.apply_update()
@@ -214,18 +212,8 @@ class Solver:
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
                 break
-
-    def _on_nonfinite(self, it, loss):
-        """Stop (or, allowed, warn once) on the first NaN/Inf loss, naming the layer."""
-        self._nonfinite_seen = True
-        found = "" if it == self.iter else f" (read at iteration {self.iter}, whose values " \
-            "are inspected)"
-        message = f"Iteration {it}: the loss is {loss}{found}; {nonfinite_culprit(self.net)}"
-        if self.allow_nonfinite:
-            log.warning("%s; going on (allow_nonfinite)", message)
-            return
-        raise NonFiniteError(f"{self._where}: {message}. Training stopped; pass "
-                             "--allow_nonfinite (or set MINICAFFE_ALLOW_NONFINITE=1) to go on")
+        self._loss.flush()        # GPU mode: the losses not displayed are checked too
+        check_nonfinite(self._loss, self.net, self.iter)
 
     def _display(self):
         p = self.param
@@ -308,13 +296,7 @@ class Solver:
         model_file = self._snapshot_filename(snapshot_extensions(p)[0])
         try:
             remove_stale_partials(p.snapshot_prefix)
-            if p.snapshot_format == SolverParameter.HDF5:
-                log.info("Snapshotting to HDF5 file %s", model_file)
-                write_hdf5_weights(model_file, self.net.layers, self.net._params,
-                                   p.snapshot_diff)
-            else:
-                log.info("Snapshotting to binary proto file %s", model_file)
-                write_binary(self.net.to_proto(write_diff=p.snapshot_diff), model_file)
+            write_model_snapshot(p, self.net, model_file)
             state_file = self.snapshot_solver_state(model_file)
         except OSError as e:
             raise self._error(f"cannot write snapshot: {e}") from None
