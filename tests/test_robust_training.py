@@ -307,7 +307,7 @@ def test_gpu_mode_nonfinite_found_when_the_losses_are_read(gpu):
     s.allow_nonfinite = False
     with pytest.raises(NonFiniteError, match=r"Iteration 0: the loss is nan \(read at "
                                              r"iteration 3, .*layer 'ip'"):
-        s.step(3)                 # never displayed: read once the step is over
+        s.solve()                 # never displayed: read once training is over
 
 
 def test_gpu_mode_debug_info_and_hdf5_snapshot(gpu, tmp_path, caplog):

@@ -3,7 +3,8 @@ non-finite (``MINICAFFE_ALLOW_NONFINITE=1`` or the command line's ``--allow_nonf
 it and goes on).
 
 Only the loss is checked every iteration (a Python float on the CPU; in GPU mode the losses
-as they are read in batches, see ``smoothed_loss``); the layers are inspected only once it is
+as they are read in batches, see ``smoothed_loss``: on display iterations, every 256
+iterations and at the end of solve(), so the layers then show a later iteration); the layers are inspected only once it is
 non-finite, from the values the last forward/backward left in the blobs, so finding the
 layer changes nothing (no data is read, no layer runs again). A blob written in place by
 several layers holds the last one's output: the first layer of such a chain is named, with

@@ -87,6 +87,7 @@ class Solver:
         self.action_function = None      # returns a SolverAction; the CLI's signal handler
         self.iteration_hooks = []         # called with the solver after every iteration
         self.allow_nonfinite = allowed_by_env()   # False: a NaN/Inf loss stops training
+        self._check_nonfinite = NonFiniteCheck(self._where, self.allow_nonfinite)
         self._callbacks = []
         self._loss = SmoothedLoss()
         self._state_xp = backend.xp()    # module the solver's own arrays live in
@@ -177,7 +178,7 @@ class Solver:
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
         self._loss = SmoothedLoss()
-        check_nonfinite = NonFiniteCheck(self._where, self.allow_nonfinite)
+        self._check_nonfinite = NonFiniteCheck(self._where, self.allow_nonfinite)
         self._timer = time.perf_counter()
         self._iters_last = self.iter
         while self.iter < stop_iter:
@@ -199,7 +200,7 @@ class Solver:
             self._loss.record(loss, self.iter, start_iter, p.average_loss)
             if display:
                 self._display()
-            check_nonfinite(self._loss, self.net, self.iter)
+            self._check_nonfinite(self._loss, self.net, self.iter)
             for _, on_gradients_ready in self._callbacks:
                 on_gradients_ready()
             self.apply_update()
@@ -212,8 +213,6 @@ class Solver:
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
                 break
-        self._loss.flush()        # GPU mode: the losses not displayed are checked too
-        check_nonfinite(self._loss, self.net, self.iter)
 
     def _display(self):
         p = self.param
@@ -238,6 +237,8 @@ class Solver:
             self.restore(resume_file)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
+        self._loss.flush()        # GPU mode: check the losses no display has read
+        self._check_nonfinite(self._loss, self.net, self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             if p.snapshot_prefix:
                 self.snapshot()
