@@ -15,6 +15,7 @@ from . import backend
 from .blob import move_blobs
 from .errors import LayerError, ShapeError
 from .io.protobinary import write_binary
+from .net_debug_info import backward_debug_info, backward_norms, forward_debug_info
 from .net_graph import NetGraph
 from .net_splits import insert_splits
 from .net_state import filter_net, load_net_param
@@ -77,6 +78,8 @@ class Net:
         self._xp = backend.xp()
         self.blob_names = list(self.blobs)
         self.layer_by_name = {n: l for n, l in zip(self._layer_names, self.layers)}
+        # Caffe's per-layer mean |value| lines (net_debug_info); the solver sets it.
+        self.debug_info = bool(param.debug_info)
 
     # -- pycaffe surface ---------------------------------------------------------------------
     @property
@@ -151,6 +154,8 @@ class Net:
             bottom, top = self._bottom_vecs[li], self._top_vecs[li]
             layer.reshape(bottom, top)
             layer.forward(bottom, top)
+            if self.debug_info:
+                forward_debug_info(self, li)
             for ti, w in enumerate(layer.loss_weights):
                 if w:
                     t = top[ti].xdata
@@ -170,6 +175,8 @@ class Net:
             if self._layer_need_backward[li]:
                 self.layers[li].backward(self._top_vecs[li], self._bottom_need_backward[li],
                                          self._bottom_vecs[li])
+                if self.debug_info:
+                    backward_debug_info(self, li)
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """pycaffe's forward: set inputs from kwargs, run, return {output name: data}."""
@@ -236,6 +243,8 @@ class Net:
     def forward_backward(self):
         loss = self.forward_from_to()
         self.backward_from_to()
+        if self.debug_info:
+            backward_norms(self)
         return loss
 
     def clear_param_diffs(self):

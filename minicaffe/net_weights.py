@@ -1,11 +1,14 @@
 """A net's weights as a NetParameter (what a .caffemodel holds), and copying weights into a
-net's layers by layer name, as Caffe's Net::CopyTrainedLayersFrom does."""
+net's layers by layer name, as Caffe's Net::CopyTrainedLayersFrom does: from a binary
+.caffemodel, or from an HDF5 one (``hdf5_weights``) when the file is HDF5."""
 import logging
 import os
 
 import numpy as np
 
-from .errors import MiniCaffeError, ShapeError
+from .errors import ShapeError
+from .hdf5_weights import Hdf5Weights, copy_hdf5_weights
+from .io.hdf5_file import is_hdf5
 from .io.protobinary import blobproto_shape, read_binary
 from .proto import caffe_pb2
 from .upgrade import upgrade_net
@@ -27,15 +30,15 @@ def weights_proto(name, layers, write_diff=False):
 
 
 def read_weights(weights):
-    """(NetParameter, where) from a .caffemodel path or a NetParameter; legacy V1 layers are
+    """(NetParameter or Hdf5Weights, where) from a .caffemodel path (binary or HDF5, told
+    apart by content as Caffe's H5Fis_hdf5) or a NetParameter; legacy V1 layers are
     upgraded."""
     if isinstance(weights, caffe_pb2.NetParameter):
         src, where = weights, "<NetParameter>"
     else:
         where = os.fspath(weights)
-        if where.endswith((".h5", ".hdf5")):
-            raise MiniCaffeError(f"{where}: HDF5 weights are not supported; "
-                                 "use a binary .caffemodel")
+        if is_hdf5(where):
+            return Hdf5Weights(where), where
         src = read_binary(where, caffe_pb2.NetParameter())
     if len(src.layers) and not len(src.layer):
         upgrade_net(src, where)
@@ -45,6 +48,9 @@ def read_weights(weights):
 def copy_weights(layer_by_name, src, where):
     """Copy the blobs of each layer of ``src`` into the same-named layer; layers the net
     lacks are ignored, as are source layers without blobs."""
+    if isinstance(src, Hdf5Weights):
+        copy_hdf5_weights(layer_by_name, src)
+        return
     for lp in src.layer:
         if lp.name not in layer_by_name:
             log.info("Ignoring source layer %s", lp.name)

@@ -29,7 +29,7 @@ def cmd_train(args, parser, handler):
     if args.snapshot and args.weights:
         parser.error("give --snapshot to resume training or --weights to finetune, not both")
     run = parallel.join()       # mpirun, or a child of the --gpu 0,1 launcher
-    gpus = run.gpus_to_launch(_gpu_ids(args.gpu) if args.gpu else [])
+    gpus = run.gpus_to_launch(_gpu_ids(args.gpu) if args.gpu not in ("", "auto") else [])
     if gpus:                    # --gpu 0,1: one process per GPU
         return parallel.launch(args, parser, gpus)
     param = read_solver_param(args.solver)
@@ -42,6 +42,7 @@ def cmd_train(args, parser, handler):
         run.seed(param)
         solver = get_solver(param, source=args.solver)
         solver.action_function = signals.get_action
+        solver.allow_nonfinite = solver.allow_nonfinite or args.allow_nonfinite
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
             solver.restore(args.snapshot)
@@ -52,7 +53,10 @@ def cmd_train(args, parser, handler):
         progress = Progress(handler, param.max_iter, solver.iter, shown=run.is_root)
         solver.iteration_hooks.append(progress)
         try:
-            solver.solve()
+            # The solver's non-finite check reports NaN/Inf once, naming the layer; NumPy's
+            # per-operation RuntimeWarnings would only repeat it.
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                solver.solve()
         finally:
             progress.close()
     return 0

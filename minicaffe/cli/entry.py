@@ -15,9 +15,10 @@ VERBS = {
     "device_query": "show GPU diagnostic information",
     "time": "benchmark model execution time",
 }
-# Caffe's flags (tools/caffe.cpp); every one takes a value.
+# Caffe's flags (tools/caffe.cpp); every one takes a value, but for minicaffe's own
+# --allow_nonfinite (a gflags-style bool: --allow_nonfinite or --allow_nonfinite=true).
 FLAGS = ("gpu", "solver", "model", "phase", "level", "stage", "snapshot", "weights",
-         "iterations", "sigint_effect", "sighup_effect")
+         "iterations", "sigint_effect", "sighup_effect", "allow_nonfinite")
 EFFECTS = ("stop", "snapshot", "none")
 
 
@@ -43,7 +44,9 @@ def build_parser():
                    help="one of: " + ", ".join(VERBS))
     p.add_argument("--gpu", default="",
                    help="run in GPU mode on the given device id; train with a list or "
-                        "'all' runs one process per GPU (test and time use the first)")
+                        "'all' runs one process per GPU (test and time use the first); an "
+                        "unusable GPU is an error. 'auto': the GPU if there is one, else the "
+                        "CPU (MINICAFFE_GPU_FALLBACK=1 makes every request fall back so)")
     p.add_argument("--solver", default="", help="the solver definition prototxt")
     p.add_argument("--model", default="", help="the model definition prototxt")
     p.add_argument("--phase", default="", choices=["", "TRAIN", "TEST"], metavar="PHASE",
@@ -55,22 +58,32 @@ def build_parser():
                    help="pretrained weights (.caffemodel, several separated by ',')")
     p.add_argument("--iterations", type=int, default=50, help="iterations to run (test, time)")
     p.add_argument("--sigint_effect", default="stop", choices=EFFECTS,
-                   help="on SIGINT (Ctrl-C): snapshot, stop or none (default stop)")
+                   help="on SIGINT (Ctrl-C) and SIGTERM (a batch scheduler's stop): "
+                        "snapshot, stop or none (default stop)")
     p.add_argument("--sighup_effect", default="snapshot", choices=EFFECTS,
                    help="on SIGHUP: snapshot, stop or none (default snapshot)")
+    p.add_argument("--allow_nonfinite", action="store_true",
+                   help="keep training when the loss becomes NaN or Inf (default: stop with "
+                        "the iteration and the first layer that went non-finite; also "
+                        "MINICAFFE_ALLOW_NONFINITE=1)")
     from .. import __version__
     p.add_argument("--version", action="version", version=f"minicaffe {__version__}")
     return p
 
 
 def normalize_argv(argv):
-    """Rewrite gflags' single-dash spellings (-solver x, -solver=x) into --solver x."""
+    """Rewrite gflags' single-dash spellings (-solver x, -solver=x) into --solver x, and
+    the bool's --allow_nonfinite=true/false into the flag or nothing."""
     out = []
     for arg in argv:
         if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
             name = arg[1:].split("=", 1)[0]
             if name in FLAGS or name in ("help", "version"):
                 arg = "-" + arg
+        if arg.startswith("--allow_nonfinite="):
+            if arg.split("=", 1)[1].lower() not in ("true", "1", "yes"):
+                continue
+            arg = "--allow_nonfinite"
         out.append(arg)
     return out
 

@@ -1,29 +1,37 @@
-"""SIGINT/SIGHUP during training, handled as Caffe's SignalHandler (--sigint_effect ...)."""
+"""SIGINT/SIGTERM/SIGHUP during training, handled as Caffe's SignalHandler (--sigint_effect ...).
+
+SIGTERM, what a batch scheduler (Slurm, Kubernetes) sends before it kills a job, gets
+SIGINT's effect, so ``--sigint_effect snapshot`` leaves a resumable snapshot there too.
+"""
 import logging
 import signal
 
 log = logging.getLogger("minicaffe")
 
+_INTERRUPTS = ("SIGINT", "SIGTERM")   # both take --sigint_effect
+
 
 class SignalHandler:
-    """Caffe's SignalHandler: SIGINT/SIGHUP set a flag; the solver asks after each iteration.
+    """Caffe's SignalHandler: the signals set a flag; the solver asks after each iteration.
 
-    A second SIGINT before the first was acted on aborts at once (KeyboardInterrupt).
+    A second SIGINT or SIGTERM before the first was acted on aborts at once
+    (KeyboardInterrupt).
     """
 
     def __init__(self, sigint_effect="stop", sighup_effect="snapshot"):
-        self.effects = {"SIGINT": sigint_effect, "SIGHUP": sighup_effect}
-        self.pending = {"SIGINT": False, "SIGHUP": False}
+        self.effects = {"SIGINT": sigint_effect, "SIGTERM": sigint_effect,
+                        "SIGHUP": sighup_effect}
+        self.pending = dict.fromkeys(self.effects, False)
         self._old = {}
 
     def _on_signal(self, signum, frame):
-        name = "SIGHUP" if signum == getattr(signal, "SIGHUP", None) else "SIGINT"
-        if name == "SIGINT" and self.pending["SIGINT"]:
+        name = signal.Signals(signum).name
+        if name in _INTERRUPTS and any(self.pending[n] for n in _INTERRUPTS):
             raise KeyboardInterrupt
         self.pending[name] = True
 
     def __enter__(self):
-        for name in ("SIGINT", "SIGHUP"):
+        for name in self.effects:
             sig = getattr(signal, name, None)
             if sig is not None:
                 self._old[sig] = signal.signal(sig, self._on_signal)
@@ -35,7 +43,7 @@ class SignalHandler:
         return False
 
     def get_action(self):
-        for name in ("SIGINT", "SIGHUP"):
+        for name in self.effects:
             if self.pending[name]:
                 self.pending[name] = False
                 effect = self.effects[name]

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import MiniCaffeError
 from ..proto import caffe_pb2
+from .atomic_file import write_bytes_atomically
 
 
 def blobproto_shape(proto):
@@ -55,13 +56,9 @@ def read_binary(path, message):
 
 
 def write_binary(message, path):
-    """Write atomically: a crash never leaves a truncated file under ``path``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(message.SerializeToString())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write atomically (``atomic_file``): a crash never leaves a truncated file under
+    ``path``."""
+    write_bytes_atomically(path, message.SerializeToString())
 
 
 def read_blobproto(path):

@@ -22,7 +22,9 @@ from .. import backend
 from ..kernels import cuda as _cuda
 from .log_lines import cpp_float
 from .lr_policy import LR_POLICIES, learning_rate, lr_policy_problem
-from .snapshot_files import learned_net_path, read_solver_state, write_solver_state
+from ..net_debug_info import update_debug_info
+from .snapshot_files import (learned_net_path, read_solver_state, snapshot_extensions,
+                             write_solver_state)
 from .solver import Solver
 
 log = logging.getLogger("minicaffe")
@@ -86,7 +88,8 @@ class SGDSolver(Solver):
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, cpp_float(rate))
         self.clip_gradients()
-        if self._params and backend.fused_kernels(self._xp[0]) and \
+        debug = self.net.debug_info   # the fused update leaves no diff to show
+        if self._params and not debug and backend.fused_kernels(self._xp[0]) and \
                 _cuda.supported(*(b.xdata for b in self._params)):
             for i in range(len(self._params)):
                 self._fused_update(i, rate)
@@ -95,6 +98,8 @@ class SGDSolver(Solver):
             self.normalize(i)
             self.regularize(i)
             self.compute_update_value(i, rate)
+        if debug:
+            update_debug_info(self.net)
         for b in self._params:
             data = b.xdata
             data -= b.xdiff
@@ -161,7 +166,7 @@ class SGDSolver(Solver):
 
     # -- solver state --------------------------------------------------------------------------
     def snapshot_solver_state(self, model_file):
-        state_file = self._snapshot_filename(".solverstate")
+        state_file = self._snapshot_filename(snapshot_extensions(self.param)[1])
         write_solver_state(state_file, self.iter, self.current_step, model_file, self.history)
         return state_file
 

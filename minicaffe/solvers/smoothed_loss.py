@@ -2,8 +2,11 @@
 
 In GPU mode a loss is a device scalar; the losses since the last read are kept and copied to
 the host in one go (when displayed, or every ``_LOSS_FLUSH`` iterations), then folded in
-order, exactly as on the CPU, so that no iteration waits for the device.
+order, exactly as on the CPU, so that no iteration waits for the device. The first
+non-finite loss folded in is kept (``nonfinite``) for the solver's check (``nonfinite.py``).
 """
+import math
+
 import numpy as np
 
 from .. import backend
@@ -16,6 +19,7 @@ class SmoothedLoss:
         self.losses = []
         self.value = 0.0      # as of the last read from the device
         self.pending = []     # (iter, start_iter, average_loss, device loss)
+        self.nonfinite = None  # (iter, loss) of the first NaN/Inf loss folded in
 
     def reset(self, value):
         self.pending = []
@@ -45,6 +49,8 @@ class SmoothedLoss:
             self._update(float(v), it, start_iter, average_loss)
 
     def _update(self, loss, it, start_iter, average_loss):
+        if self.nonfinite is None and not math.isfinite(loss):
+            self.nonfinite = (it, loss)
         if len(self.losses) < average_loss:
             self.losses.append(loss)
             n = len(self.losses)

@@ -18,6 +18,12 @@ not record (nor does Caffe's).
 GPU mode: the nets live on the device and the loop never waits for it. A loss is a device
 scalar, read in batches (see ``smoothed_loss``); test outputs are summed on the device and
 read once per test (see ``evaluation``).
+
+Robustness: a NaN or Inf loss stops training naming the layer that went non-finite
+(``nonfinite``; ``allow_nonfinite`` goes on); the snapshot prefix is probed before training
+(also for the final snapshot of snapshot_after_train); snapshots are written atomically in
+either snapshot_format (``snapshot_files``). ``debug_info: true`` logs Caffe's per-layer
+lines on display iterations (``net_debug_info``).
 """
 import logging
 import time
@@ -27,14 +33,16 @@ from google.protobuf import text_format
 
 from .. import backend
 from ..errors import MiniCaffeError
-from ..io.protobinary import write_binary
+from ..io.atomic_file import remove_stale_partials
 from ..parallel import world
 from .evaluation import evaluate
 from .log_lines import cpp_float, log_net_outputs
+from .nonfinite import NonFiniteCheck, allowed_by_env
 from .smoothed_loss import SmoothedLoss
-from .snapshot_files import snapshot_filename, snapshot_prefix_problem
+from .snapshot_files import (snapshot_extensions, snapshot_filename, snapshot_prefix_problem,
+                             write_model_snapshot)
 from .solver_nets import build_test_nets, build_train_net
-from .solver_param import SolverParameter, load_solver_param
+from .solver_param import load_solver_param
 
 log = logging.getLogger("minicaffe")
 
@@ -70,6 +78,7 @@ class Solver:
         for tnet in self.test_nets:
             tnet.share_with(self.net)
             tnet.set_forward_only()
+            tnet.debug_info = param.debug_info
         for w in param.weights:
             self.copy_weights(w)
         log.info("Solver scaffolding done.")
@@ -78,6 +87,8 @@ class Solver:
         self.requested_early_exit = False
         self.action_function = None      # returns a SolverAction; the CLI's signal handler
         self.iteration_hooks = []         # called with the solver after every iteration
+        self.allow_nonfinite = allowed_by_env()   # False: a NaN/Inf loss stops training
+        self._check_nonfinite = NonFiniteCheck(self._where, self.allow_nonfinite)
         self._callbacks = []
         self.parallel = None              # a parallel.DataParallel in a data-parallel run
         self._loss = SmoothedLoss()
@@ -96,9 +107,11 @@ class Solver:
             raise self._error(f"average_loss must be at least 1, got {p.average_loss}")
         if p.iter_size < 1:
             raise self._error(f"iter_size must be at least 1, got {p.iter_size}")
-        if p.snapshot_format == SolverParameter.HDF5:
-            log.warning("snapshot_format HDF5 is not supported; writing BINARYPROTO snapshots")
-        problem = snapshot_prefix_problem(p) if world.is_root() else None  # root writes
+        self._check_snapshot_prefix()
+
+    def _check_snapshot_prefix(self, after_train=False):
+        problem = (snapshot_prefix_problem(self.param, after_train)
+                   if world.is_root() else None)   # rank 0 alone writes
         if problem:
             raise self._error(problem)
 
@@ -171,6 +184,7 @@ class Solver:
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
         self._loss = SmoothedLoss()
+        self._check_nonfinite = NonFiniteCheck(self._where, self.allow_nonfinite)
         self._timer = time.perf_counter()
         self._iters_last = self.iter
         while self.iter < stop_iter:
@@ -184,6 +198,7 @@ class Solver:
             for on_start, _ in self._callbacks:
                 on_start()
             display = p.display and self.iter % p.display == 0
+            self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.net.forward_backward()
@@ -191,6 +206,7 @@ class Solver:
             self._loss.record(loss, self.iter, start_iter, p.average_loss)
             if display:
                 self._display()
+            self._check_nonfinite(self._loss, self.net, self.iter)
             for _, on_gradients_ready in self._callbacks:
                 on_gradients_ready()
             self.apply_update()
@@ -221,11 +237,14 @@ class Solver:
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
         self.requested_early_exit = False
+        self._check_snapshot_prefix(after_train=True)
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
+        self._loss.flush()        # GPU mode: check the losses no display has read
+        self._check_nonfinite(self._loss, self.net, self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             if p.snapshot_prefix:
                 self.snapshot()
@@ -276,16 +295,18 @@ class Solver:
         return snapshot_filename(self.param.snapshot_prefix, self.iter, extension)
 
     def snapshot(self):
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``; returns both paths.
-        In a data-parallel run only rank 0 writes (the others return None)."""
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (``.h5`` added for
+        snapshot_format: HDF5), each atomically; returns both paths. In a data-parallel run
+        only rank 0 writes (the others return None)."""
         if not world.is_root():
             return None
-        if not self.param.snapshot_prefix:
+        p = self.param
+        if not p.snapshot_prefix:
             raise self._error("cannot snapshot: snapshot_prefix is not set")
-        model_file = self._snapshot_filename(".caffemodel")
-        log.info("Snapshotting to binary proto file %s", model_file)
+        model_file = self._snapshot_filename(snapshot_extensions(p)[0])
         try:
-            write_binary(self.net.to_proto(write_diff=self.param.snapshot_diff), model_file)
+            remove_stale_partials(p.snapshot_prefix)
+            write_model_snapshot(p, self.net, model_file)
             state_file = self.snapshot_solver_state(model_file)
         except OSError as e:
             raise self._error(f"cannot write snapshot: {e}") from None
