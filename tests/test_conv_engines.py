@@ -17,6 +17,7 @@ from minicaffe.engines.onednn.conv_layer import ConvLayerEngine
 from minicaffe.io.prototxt import parse_text
 from minicaffe.layer import create_layer
 from minicaffe.proto import caffe_pb2
+from conv_cases import GRID, close
 
 CP = caffe_pb2.ConvolutionParameter
 needs_onednn = pytest.mark.skipif(not library.available(),
@@ -69,28 +70,8 @@ class Run:
             self.params.append([b.diff.copy() for b in self.layer.blobs])
 
 
-def close(got, want):
-    scale = max(1.0, float(np.abs(want).max()))
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
-
-
-# (batch, channels, H, W, num_output, kernel, stride, pad, dilation, group, bias)
-GRID = [
-    (1, 3, 7, 9, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1, True),
-    (3, 4, 8, 6, 6, (1, 1), (2, 2), (0, 0), (1, 1), 2, False),
-    (3, 3, 9, 11, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
-    (1, 4, 11, 9, 4, (3, 3), (2, 2), (1, 1), (1, 1), 2, True),
-    (3, 2, 13, 9, 4, (3, 3), (1, 1), (2, 2), (2, 2), 1, False),
-    (1, 6, 9, 10, 6, (3, 3), (2, 2), (0, 0), (2, 2), 2, True),
-    (3, 4, 11, 12, 6, (5, 5), (1, 1), (2, 2), (1, 1), 1, True),
-    (1, 4, 9, 13, 2, (5, 5), (2, 2), (2, 2), (1, 1), 2, False),
-    (3, 3, 15, 13, 4, (5, 5), (1, 1), (1, 1), (2, 2), 1, True),
-    (3, 5, 9, 7, 3, (3, 2), (1, 1), (1, 1), (1, 1), 1, True),
-    (1, 4, 11, 7, 4, (3, 2), (2, 2), (2, 2), (1, 1), 2, False),
-    (3, 2, 13, 11, 4, (3, 2), (1, 1), (0, 0), (2, 2), 2, True),
-]
-IDS = ["n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}_d{}_g{}_{}".format(
-    n, c, h, w, o, *k, s[0], p[0], d[0], g, "b" if b else "nob")
+IDS = ["n{}c{}_{}x{}_o{}_k{}x{}_s{}x{}_p{}x{}_d{}x{}_g{}_{}".format(
+    n, c, h, w, o, *k, *s, *p, *d, g, "b" if b else "nob")
     for n, c, h, w, o, k, s, p, d, g, b in GRID]
 
 
