@@ -29,6 +29,10 @@ bottom needs a gradient.
 That is the whole-batch path (CuPy, Deconvolution, numba off). Convolution on NumPy arrays
 with the numba kernels runs one image at a time per core instead (``conv_cpu.py``): the same
 products, cut per image, with nothing kept between forward and backward.
+
+All of this is Caffe's engine (``engine: CAFFE``). On NumPy float32 blobs the layer runs on
+oneDNN instead when ``engines.selection`` picks it (the default where the library loads):
+``engines/onednn/conv_layer.py`` then serves forward and backward.
 """
 from .. import im2col as cols
 from . import conv_cpu
