@@ -29,12 +29,18 @@ bottom needs a gradient.
 That is the whole-batch path (CuPy, Deconvolution, numba off). Convolution on NumPy arrays
 with the numba kernels runs one image at a time per core instead (``conv_cpu.py``): the same
 products, cut per image, with nothing kept between forward and backward.
+
+All of this is Caffe's engine (``engine: CAFFE``). On NumPy float32 blobs the layer runs on
+oneDNN instead when ``engines.selection`` picks it (the default where the library loads):
+``engines/onednn/conv_layer.py`` then serves forward and backward.
 """
 from .. import im2col as cols
 from . import conv_cpu
 from ..proto import caffe_pb2
 from ..errors import ShapeError
 from ..layer import Layer, register
+from ..engines import selection
+from ..engines.onednn.conv_layer import ConvLayerEngine
 from .conv_geometry import read_geometry
 
 # The example's conv1 columns (29 MiB; its input needs no gradient) are kept: whole training
@@ -79,6 +85,7 @@ class _ConvolutionBase(Layer):
         self._wk = cols.Scratch()        # W as (G, Co/G, kh*kw*Ci/G)
         self._wf = cols.Scratch()        # W flipped and transposed: (G, Ci/G, kh*kw*Co/G)
         self._cached = None              # which bottom's columns self._own_col holds
+        self.engine = None               # a ConvLayerEngine when oneDNN serves the layer
 
     def reshape(self, bottom, top):
         first = bottom[0]
@@ -139,6 +146,17 @@ class _ConvolutionBase(Layer):
         self.chunk = self.num if self.keep_cols else self._chunk_for(col_image)
         self.img_chunk = self._chunk_for(img_image)
         self._cached = None
+        self._choose_engine(first)
+
+    def _choose_engine(self, first):
+        """oneDNN when ``engines.selection`` picks it and it takes this configuration."""
+        if selection.convolution_engine(self.layer_param, self.xp_of(first),
+                                        first.dtype) != selection.ONEDNN:
+            self.engine = None
+            return
+        self.engine = self.engine or ConvLayerEngine(self)
+        if not self.engine.reshape():
+            self.engine = None
 
     def _chunk_for(self, per_image):
         return max(1, min(self.num, CHUNK_BYTES // max(per_image, 1)))
@@ -271,6 +289,8 @@ class _ConvolutionBase(Layer):
         return self.blobs[1].xdata if self.bias_term else None
 
     def backward(self, top, propagate_down, bottom):
+        if self.engine is not None:
+            return self.engine.backward(top, propagate_down, bottom)
         want_w = self.param_propagate_down[0]
         # Last pair first: its columns are still in the buffer from forward.
         for i in reversed(range(len(top))):
@@ -293,6 +313,8 @@ class ConvolutionLayer(_ConvolutionBase):
                                      self.dilation[d])
 
     def forward(self, bottom, top):
+        if self.engine is not None:
+            return self.engine.forward(bottom, top)
         for i, (b, t) in enumerate(zip(bottom, top)):
             if self.per_image:
                 bias = self._bias()
@@ -367,6 +389,8 @@ class DeconvolutionLayer(_ConvolutionBase):
                                        self.dilation[d])
 
     def forward(self, bottom, top):
+        if self.engine is not None:
+            return self.engine.forward(bottom, top)
         for b, t in zip(bottom, top):
             x = self._batch(b.xdata, self.res_hw, self.conv_out)
             y = self._batch(t.xdata, self.img_hw, self.conv_in)
