@@ -16,9 +16,12 @@ def read_text(path):
 
 
 def parse_text(text, message, source="<string>"):
-    """Merge ``text`` into ``message``; a syntax error names ``source``:line:column."""
+    """Parse ``text`` into ``message`` (cleared first); an error names ``source``:line:column.
+
+    Parse, not Merge: like Caffe's ``TextFormat::Parse``, a non-repeated field given twice is
+    an error instead of the last value silently winning."""
     try:
-        text_format.Merge(text, message, allow_unknown_extension=False)
+        text_format.Parse(text, message, allow_unknown_extension=False)
     except text_format.ParseError as e:
         line, col = e.GetLine(), e.GetColumn()
         msg = str(e)
