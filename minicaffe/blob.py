@@ -16,9 +16,15 @@ use: take ``blob.data`` again after a forward.
 Storage follows Caffe's rule: reshaping to a count that fits the capacity reuses the
 buffer (no allocation per iteration); the diff is allocated on first use.
 """
+import os
+
 import numpy as np
 
 from . import backend
+from .errors import BlobSizeError
+
+# Caffe's Blob::Reshape refuses a count above INT_MAX ("blob size exceeds INT_MAX").
+INT_MAX = 2 ** 31 - 1
 
 # Which side of a device buffer holds the newest values.
 _HOST, _DEVICE, _SYNCED = 1, 2, 3
@@ -42,6 +48,30 @@ def _count(shape):
     for s in shape:
         n *= int(s)
     return n
+
+
+def physical_memory():
+    """Bytes of physical memory of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def check_blob_size(shape, dtype):
+    """Refuse a shape before allocating it: above INT_MAX values (Caffe's limit), or more bytes
+    than physical memory, fails at once instead of swapping or a MemoryError minutes later."""
+    count = _count(shape)
+    text = " x ".join(str(s) for s in shape)
+    if count > INT_MAX:
+        raise BlobSizeError(f"blob shape {text} holds {count} values: blob size exceeds INT_MAX "
+                            f"({INT_MAX}), the most Caffe allows")
+    need = count * np.dtype(dtype).itemsize
+    have = physical_memory()
+    if have and need > have:
+        raise BlobSizeError(f"blob shape {text} needs {need / 2**30:.1f} GiB, more than this "
+                            f"machine's physical memory ({have / 2**30:.1f} GiB)")
+    return count
 
 
 class _Mirror:
@@ -146,7 +176,7 @@ class Blob:
             raise ValueError(f"blob shape {shape} has a negative dimension")
         if shape == self._shape and self._data is not None:
             return
-        count = _count(shape)
+        count = check_blob_size(shape, self.dtype)
         old_count = self._count
         self._shape = BlobShape(shape)
         self._count = count
