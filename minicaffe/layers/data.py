@@ -12,12 +12,13 @@ import os
 import numpy as np
 
 from .. import backend
-from ..data.db import LEVELDB_HINT, LoopingCursor, is_lmdb, iter_items, parse_datum
+from ..data.db import (LEVELDB_HINT, LoopingCursor, check_lmdb, is_lmdb, iter_items, key_text,
+                       parse_datum)
 from ..data.image import read_image
 from ..data.imageset import read_image_list
 from ..data.data_transformer import DataTransformer
 from ..errors import MiniCaffeError
-from ..layer import register
+from ..layer import register, shape_text
 from ..proto import caffe_pb2
 from .prefetch import PrefetchingDataLayer
 
@@ -52,11 +53,29 @@ class _DatumBatches:
     def __call__(self, recycled):
         if self.cursor is None:
             self.cursor = LoopingCursor(self.source, self.skip, self.name)
-        datums = [parse_datum(self.cursor.next()) for _ in range(self.batch_size)]
+        items = [self.cursor.next_item() for _ in range(self.batch_size)]
+        datums = [parse_datum(v, f"LMDB {self.source}", k) for k, v in items]
+        self._check_sizes(items, datums)
         out = recycled[0] if recycled is not None else None
         if out is not None and out.shape != self._output_shape(datums[0]):
             out = None
         return self.transform(datums, out)
+
+    def _check_sizes(self, items, datums):
+        """Raw records of one batch must transform to one shape (Caffe's DataTransformer
+        CHECKs); the error names the keys, which the transformer does not know."""
+        shapes = [None if d.encoded else (d.channels, d.height, d.width) for d in datums]
+        first = next((i for i, s in enumerate(shapes) if s is not None), None)
+        if first is None:
+            return
+        want = self.transformer.infer_shape(shapes[first])
+        for (key, _), shape in zip(items, shapes):
+            if shape is not None and self.transformer.infer_shape(shape) != want:
+                self.transformer.fail(
+                    f"records of LMDB {self.source} differ in size within a batch: "
+                    f"{key_text(items[first][0])} is {shape_text(shapes[first])}, "
+                    f"{key_text(key)} is {shape_text(shape)} (channels x height x width); set "
+                    "crop_size (no larger than the smallest) or write records of one size")
 
     def _output_shape(self, first):
         if first.encoded:
@@ -98,10 +117,10 @@ class DataLayer(PrefetchingDataLayer):
             if p.HasField("backend") or not is_lmdb(p.source):
                 hint = " (the source is an LMDB: set `backend: LMDB`)" if is_lmdb(p.source) else ""
                 self.fail(f"source {p.source}: {LEVELDB_HINT}{hint}")
-        if not is_lmdb(p.source):
-            what = "no such directory" if not os.path.exists(p.source) else \
-                "not an LMDB directory (no data.mdb inside)"
-            self.fail(f"cannot open source {p.source}: {what}")
+        try:
+            check_lmdb(p.source)
+        except MiniCaffeError as e:
+            self.fail(f"cannot open source: {e}")
         rng = self._dedicated_rng()
         self.transformer = DataTransformer(
             merged_transform_param(self.layer_param, p), self.phase, rng=rng,
@@ -113,8 +132,12 @@ class DataLayer(PrefetchingDataLayer):
         first = next(iter_items(p.source), None)
         if first is None:
             self.fail(f"source {p.source} is an empty LMDB")
-        datum = parse_datum(first[1])
-        chw = self.transformer.datum_array(datum, what=f"first datum of {p.source}").shape
+        try:
+            datum = parse_datum(first[1], f"LMDB {p.source}", first[0])
+        except MiniCaffeError as e:
+            self.fail(str(e))
+        chw = self.transformer.datum_array(
+            datum, what=f"first record {key_text(first[0])} of {p.source}").shape
         shape = (int(p.batch_size),) + self.transformer.infer_shape(chw)
         top[0].reshape(shape)
         if len(top) > 1:
