@@ -155,9 +155,18 @@ def _image_path(root_folder, name):
     return path
 
 
+def read_listed_image(source, lineno, path, height, width, is_color):
+    """read_image, whose failure also names the list file and line that listed the image."""
+    try:
+        return read_image(path, height, width, is_color)
+    except MiniCaffeError as e:
+        raise MiniCaffeError(f"{source}:{lineno}: {e}") from None
+
+
 class _ImageBatches:
-    def __init__(self, lines, pos, root, batch_size, new_h, new_w, is_color, shuffle, rng,
-                 transformer, name):
+    def __init__(self, source, lines, pos, root, batch_size, new_h, new_w, is_color, shuffle,
+                 rng, transformer, name):
+        self.source = source
         self.lines = lines
         self.pos = pos
         self.root = root
@@ -172,9 +181,9 @@ class _ImageBatches:
     def __call__(self, recycled):
         images, labels = [], []
         for _ in range(self.batch_size):
-            name, label = self.lines[self.pos]
-            images.append(read_image(_image_path(self.root, name), self.size[0], self.size[1],
-                                     self.is_color))
+            name, label, lineno = self.lines[self.pos]
+            images.append(read_listed_image(self.source, lineno, _image_path(self.root, name),
+                                            self.size[0], self.size[1], self.is_color))
             labels.append(label)
             self.pos += 1
             if self.pos >= len(self.lines):
@@ -206,7 +215,7 @@ class ImageDataLayer(PrefetchingDataLayer):
         if p.batch_size <= 0:
             self.fail("image_data_param.batch_size must be positive")
         try:
-            lines = read_image_list(p.source)
+            lines = read_image_list(p.source, with_lines=True)
         except MiniCaffeError as e:
             self.fail(str(e))
         if not lines:
@@ -224,16 +233,16 @@ class ImageDataLayer(PrefetchingDataLayer):
                 self.fail(f"not enough images ({len(lines)}) to skip {pos}")
         root = p.root_folder
         try:
-            img = read_image(_image_path(root, lines[pos][0]), p.new_height, p.new_width,
-                             p.is_color)
+            img = read_listed_image(p.source, lines[pos][2], _image_path(root, lines[pos][0]),
+                                    p.new_height, p.new_width, p.is_color)
         except MiniCaffeError as e:
             self.fail(str(e))
         shape = (int(p.batch_size),) + self.transformer.infer_shape(img.shape)
         top[0].reshape(shape)
         if len(top) > 1:
             top[1].reshape((int(p.batch_size),))
-        self._start(_ImageBatches(lines, pos, root, int(p.batch_size), int(p.new_height),
-                                  int(p.new_width), bool(p.is_color), bool(p.shuffle), rng,
-                                  self.transformer, self.name),
+        self._start(_ImageBatches(p.source, lines, pos, root, int(p.batch_size),
+                                  int(p.new_height), int(p.new_width), bool(p.is_color),
+                                  bool(p.shuffle), rng, self.transformer, self.name),
                     int(self.layer_param.data_param.prefetch))
 
