@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from .errors import MiniCaffeError, ShapeError
-from .io.protobinary import blobproto_shape, read_binary
+from .io.protobinary import blobproto_shape, read_caffemodel
 from .proto import caffe_pb2
 from .upgrade import upgrade_net
 
@@ -36,7 +36,7 @@ def read_weights(weights):
         if where.endswith((".h5", ".hdf5")):
             raise MiniCaffeError(f"{where}: HDF5 weights are not supported; "
                                  "use a binary .caffemodel")
-        src = read_binary(where, caffe_pb2.NetParameter())
+        src = read_caffemodel(where)
     if len(src.layers) and not len(src.layer):
         upgrade_net(src, where)
     return src, where
@@ -45,6 +45,8 @@ def read_weights(weights):
 def copy_weights(layer_by_name, src, where):
     """Copy the blobs of each layer of ``src`` into the same-named layer; layers the net
     lacks are ignored, as are source layers without blobs."""
+    if len(src.layer) and not any(lp.name in layer_by_name for lp in src.layer):
+        log.warning("%s: no layer name matches the net: no weights copied", where)
     for lp in src.layer:
         if lp.name not in layer_by_name:
             log.info("Ignoring source layer %s", lp.name)
@@ -54,7 +56,8 @@ def copy_weights(layer_by_name, src, where):
             if not len(lp.blobs):
                 continue
             raise ShapeError(f"{where}: layer '{lp.name}' has {len(lp.blobs)} blobs in the "
-                             f"weights file but {len(layer.blobs)} in the net")
+                             f"weights file {[blobproto_shape(b) for b in lp.blobs]} but "
+                             f"{len(layer.blobs)} in the net {[b.shape for b in layer.blobs]}")
         for bi, (bp, blob) in enumerate(zip(lp.blobs, layer.blobs)):
             shape = blobproto_shape(bp)
             if tuple(shape) != tuple(blob.shape):
