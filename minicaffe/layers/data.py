@@ -55,27 +55,10 @@ class _DatumBatches:
             self.cursor = LoopingCursor(self.source, self.skip, self.name)
         items = [self.cursor.next_item() for _ in range(self.batch_size)]
         datums = [parse_datum(v, f"LMDB {self.source}", k) for k, v in items]
-        self._check_sizes(items, datums)
         out = recycled[0] if recycled is not None else None
         if out is not None and out.shape != self._output_shape(datums[0]):
             out = None
-        return self.transform(datums, out)
-
-    def _check_sizes(self, items, datums):
-        """Raw records of one batch must transform to one shape (Caffe's DataTransformer
-        CHECKs); the error names the keys, which the transformer does not know."""
-        shapes = [None if d.encoded else (d.channels, d.height, d.width) for d in datums]
-        first = next((i for i, s in enumerate(shapes) if s is not None), None)
-        if first is None:
-            return
-        want = self.transformer.infer_shape(shapes[first])
-        for (key, _), shape in zip(items, shapes):
-            if shape is not None and self.transformer.infer_shape(shape) != want:
-                self.transformer.fail(
-                    f"records of LMDB {self.source} differ in size within a batch: "
-                    f"{key_text(items[first][0])} is {shape_text(shapes[first])}, "
-                    f"{key_text(key)} is {shape_text(shape)} (channels x height x width); set "
-                    "crop_size (no larger than the smallest) or write records of one size")
+        return self.transform(items, datums, out)
 
     def _output_shape(self, first):
         if first.encoded:
@@ -83,23 +66,21 @@ class _DatumBatches:
         return (self.batch_size,) + self.transformer.infer_shape(
             (first.channels, first.height, first.width))
 
-    def transform(self, datums, out):
+    def transform(self, items, datums, out):
         t = self.transformer
-        d0 = datums[0]
-        shape0 = (d0.channels, d0.height, d0.width)
-        raw_uint8 = all(not d.encoded and len(d.data) and
-                        (d.channels, d.height, d.width) == shape0 for d in datums)
-        if raw_uint8 and not (t.param.force_color or t.param.force_gray):
-            n = int(np.prod(shape0))
-            buf = b"".join(d.data for d in datums)
-            if len(buf) != n * len(datums):
-                bad = next(i for i, d in enumerate(datums) if len(d.data) != n)
-                t.fail(f"a datum of {self.source} holds {len(datums[bad].data)} data bytes but "
-                       f"its shape {shape0[0]}x{shape0[1]}x{shape0[2]} needs {n}")
-            batch = np.frombuffer(buf, dtype=np.uint8).reshape((len(datums),) + shape0)
-            labels = np.array([d.label for d in datums], dtype=np.float32)
-            return t.transform(batch, out=out), labels
-        return t.transform_datums(datums, out=out)
+        # Unpacked here rather than by the transformer, so that errors can name the keys.
+        arrays = [t.datum_array(d, what=f"record {key_text(k)} of LMDB {self.source}")
+                  for (k, _), d in zip(items, datums)]
+        want = t.infer_shape(arrays[0].shape)
+        for (key, _), a in zip(items, arrays):
+            if t.infer_shape(a.shape) != want:
+                t.fail(f"records of LMDB {self.source} differ in size within a batch: "
+                       f"{key_text(items[0][0])} is {shape_text(arrays[0].shape)}, "
+                       f"{key_text(key)} is {shape_text(a.shape)} (channels x height x width); "
+                       "set crop_size (no larger than the smallest) or write records of one size")
+        batch = np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
+        labels = np.array([d.label for d in datums], dtype=np.float32)
+        return t.transform(batch, out=out), labels
 
 
 @register("Data")
