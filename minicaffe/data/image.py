@@ -65,6 +65,9 @@ def decode_image(data, color=None, what="encoded image"):
             return _to_chw(img, color, what)
     except MiniCaffeError:
         raise
+    except Image.UnidentifiedImageError:
+        raise MiniCaffeError(f"could not decode {what} ({len(data)} bytes): not an image of a "
+                             f"known format, starting {bytes(data[:8]).hex(' ')}") from None
     except Exception as e:
         raise MiniCaffeError(f"could not decode {what} ({len(data)} bytes): {e}") from None
 
