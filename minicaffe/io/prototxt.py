@@ -29,6 +29,7 @@ def parse_text(text, message, source="<string>"):
 
     Parse, not Merge: like Caffe's ``TextFormat::Parse``, a non-repeated field given twice is
     an error instead of the last value silently winning."""
+    message.Clear()  # as C++ Parse does; Python's Parse would refuse fields already set
     try:
         text_format.Parse(text, message, allow_unknown_extension=False)
     except text_format.ParseError as e:
