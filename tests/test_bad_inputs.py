@@ -345,10 +345,20 @@ def test_unreadable_listed_image_names_list_and_line(tmp_path, bad, found, line)
 
 
 def test_image_list_paths_keep_undecodable_bytes(tmp_path):
-    lst = write(tmp_path / "list.txt", b"caf\xe9.png 1\nbinary\x00\xff 2\n")
+    lst = write(tmp_path / "list.txt", b"caf\xe9.png 1\nsub dir/\xff\xfe.jpg 2\n")
     got = read_image_list(lst)
-    assert [os.fsencode(p) for p, _ in got] == [b"caf\xe9.png", b"binary\x00\xff"]
+    assert [os.fsencode(p) for p, _ in got] == [b"caf\xe9.png", b"sub dir/\xff\xfe.jpg"]
     assert [label for _, label in got] == [1, 2]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"a.png 0\n\x00\x01\x02 7\n", r":2: binary data, expected a text file"),
+    (b"a.png 0\nb.png \xe9t\xe9\n", r":2: label '\\xe9t\\xe9' is not an integer"),
+])
+def test_image_list_that_is_not_text(tmp_path, content, message):
+    lst = write(tmp_path / "list.txt", content)
+    with pytest.raises(MiniCaffeError, match=rf"^{re.escape(lst)}{message}"):
+        read_image_list(lst)
 
 
 def test_image_list_that_is_a_directory(tmp_path):
