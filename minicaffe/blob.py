@@ -16,15 +16,11 @@ use: take ``blob.data`` again after a forward.
 Storage follows Caffe's rule: reshaping to a count that fits the capacity reuses the
 buffer (no allocation per iteration); the diff is allocated on first use.
 """
-import os
-
 import numpy as np
 
 from . import backend
+from .blob_limits import check_blob_size
 from .errors import BlobSizeError
-
-# Caffe's Blob::Reshape refuses a count above INT_MAX ("blob size exceeds INT_MAX").
-INT_MAX = 2 ** 31 - 1
 
 # Which side of a device buffer holds the newest values.
 _HOST, _DEVICE, _SYNCED = 1, 2, 3
@@ -48,30 +44,6 @@ def _count(shape):
     for s in shape:
         n *= int(s)
     return n
-
-
-def physical_memory():
-    """Bytes of physical memory of this machine, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return None
-
-
-def check_blob_size(shape, dtype):
-    """Refuse a shape before allocating it: above INT_MAX values (Caffe's limit), or more bytes
-    than physical memory, fails at once instead of swapping or a MemoryError minutes later."""
-    count = _count(shape)
-    text = " x ".join(str(s) for s in shape)
-    if count > INT_MAX:
-        raise BlobSizeError(f"blob shape {text} holds {count} values: blob size exceeds INT_MAX "
-                            f"({INT_MAX}), the most Caffe allows")
-    need = count * np.dtype(dtype).itemsize
-    have = physical_memory()
-    if have and need > have:
-        raise BlobSizeError(f"blob shape {text} needs {need / 2**30:.1f} GiB, more than this "
-                            f"machine's physical memory ({have / 2**30:.1f} GiB)")
-    return count
 
 
 class _Mirror:
@@ -191,11 +163,20 @@ class Blob:
         self._diff = None
 
     def _allocate(self, xp, capacity):
-        self._data_buf = xp.zeros(capacity, dtype=self.dtype)
+        self._data_buf = self._zeros(xp, capacity)
         self._mod = xp
         self._dm = None if xp is np else _Mirror(self._data_buf)
         self._diff_buf = None
         self._gm = None
+
+    def _zeros(self, xp, n):
+        try:
+            return xp.zeros(n, dtype=self.dtype)
+        except MemoryError:  # NumPy's and CuPy's out-of-memory errors both derive from it
+            where = "host" if xp is np else "device"
+            raise BlobSizeError(f"blob shape {' x '.join(str(s) for s in self._shape)}: out of "
+                                f"{where} memory allocating {n * self.dtype.itemsize / 2**30:.1f} "
+                                "GiB") from None
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -222,7 +203,7 @@ class Blob:
         count = self._count
         buf = self._diff_buf
         if buf is None or buf.size < count:
-            buf = self._diff_buf = self._mod.zeros(max(self._data_buf.size, 1), dtype=self.dtype)
+            buf = self._diff_buf = self._zeros(self._mod, max(self._data_buf.size, 1))
             self._gm = None if self._mod is np else _Mirror(buf)
         self._diff = buf[:count].reshape(self._shape)
         return self._diff

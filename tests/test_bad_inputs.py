@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import minicaffe as caffe
-from minicaffe import blob as blob_module
-from minicaffe.blob import Blob, check_blob_size
+from minicaffe import blob_limits
+from minicaffe.blob import Blob
+from minicaffe.blob_limits import check_blob_size
 from minicaffe.data.db import LMDBWriter
 from minicaffe.data.imageset import read_image_list
 from minicaffe.errors import BlobSizeError, LayerError, MiniCaffeError, PrototxtError
@@ -181,7 +182,7 @@ def test_lmdb_sources_that_are_not_one(tmp_path, kind, message):
 
 # -- sizes ---------------------------------------------------------------------------------------
 def test_blob_count_limit_is_int_max(monkeypatch):
-    monkeypatch.setattr(blob_module, "physical_memory", lambda: 1 << 60)
+    monkeypatch.setattr(blob_limits, "physical_memory", lambda: 1 << 60)
     assert check_blob_size((2 ** 31 - 1,), np.float32) == 2 ** 31 - 1   # checked, not allocated
     with pytest.raises(BlobSizeError, match=r"blob shape 2 x 1073741824 holds 2147483648 "
                                             r"values: blob size exceeds INT_MAX \(2147483647\)"):
@@ -189,13 +190,23 @@ def test_blob_count_limit_is_int_max(monkeypatch):
 
 
 def test_blob_larger_than_physical_memory_is_refused_before_allocating(monkeypatch):
-    monkeypatch.setattr(blob_module, "physical_memory", lambda: 1000)
+    monkeypatch.setattr(blob_limits, "physical_memory", lambda: 1000)
     assert Blob((250,)).count == 250                                   # 1000 bytes fit
     with pytest.raises(BlobSizeError, match=r"blob shape 251 needs .* GiB, more than this "
                                             r"machine's physical memory"):
         Blob((251,))
     with pytest.raises(BlobSizeError):
         Blob((126,), dtype=np.float64)                                 # 1008 bytes
+
+
+def test_out_of_memory_allocating_a_blob_names_its_shape():
+    class FullDevice:
+        @staticmethod
+        def zeros(n, dtype):
+            raise MemoryError("out of memory")
+    with pytest.raises(BlobSizeError, match=r"blob shape 4 x 256: out of device memory "
+                                            r"allocating 0.0 GiB"):
+        Blob((4, 256), xp=FullDevice)
 
 
 def test_blob_of_1e12_values_fails_at_once():
