@@ -19,6 +19,8 @@ buffer (no allocation per iteration); the diff is allocated on first use.
 import numpy as np
 
 from . import backend
+from .blob_limits import check_blob_size
+from .errors import BlobSizeError
 
 # Which side of a device buffer holds the newest values.
 _HOST, _DEVICE, _SYNCED = 1, 2, 3
@@ -146,7 +148,7 @@ class Blob:
             raise ValueError(f"blob shape {shape} has a negative dimension")
         if shape == self._shape and self._data is not None:
             return
-        count = _count(shape)
+        count = check_blob_size(shape, self.dtype)
         old_count = self._count
         self._shape = BlobShape(shape)
         self._count = count
@@ -161,11 +163,20 @@ class Blob:
         self._diff = None
 
     def _allocate(self, xp, capacity):
-        self._data_buf = xp.zeros(capacity, dtype=self.dtype)
+        self._data_buf = self._zeros(xp, capacity)
         self._mod = xp
         self._dm = None if xp is np else _Mirror(self._data_buf)
         self._diff_buf = None
         self._gm = None
+
+    def _zeros(self, xp, n):
+        try:
+            return xp.zeros(n, dtype=self.dtype)
+        except MemoryError:  # NumPy's and CuPy's out-of-memory errors both derive from it
+            where = "host" if xp is np else "device"
+            raise BlobSizeError(f"blob shape {' x '.join(str(s) for s in self._shape)}: out of "
+                                f"{where} memory allocating {n * self.dtype.itemsize / 2**30:.1f} "
+                                "GiB") from None
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -192,7 +203,7 @@ class Blob:
         count = self._count
         buf = self._diff_buf
         if buf is None or buf.size < count:
-            buf = self._diff_buf = self._mod.zeros(max(self._data_buf.size, 1), dtype=self.dtype)
+            buf = self._diff_buf = self._zeros(self._mod, max(self._data_buf.size, 1))
             self._gm = None if self._mod is np else _Mirror(buf)
         self._diff = buf[:count].reshape(self._shape)
         return self._diff

@@ -15,3 +15,7 @@ class LayerError(MiniCaffeError):
 
 class ShapeError(LayerError):
     """Blob shapes do not fit; the message names the layer and both shapes."""
+
+
+class BlobSizeError(MiniCaffeError):
+    """A blob shape is larger than Caffe allows (count > INT_MAX) or than memory can hold."""

@@ -15,7 +15,7 @@ Every layer has Caffe's four verbs:
 """
 from . import backend
 from .blob import Blob
-from .errors import LayerError, ShapeError
+from .errors import BlobSizeError, LayerError, ShapeError
 from .proto import caffe_pb2
 
 _REGISTRY = {}
@@ -112,10 +112,13 @@ class Layer:
     # -- driver --------------------------------------------------------------------------------
     def setup(self, bottom, top):
         self.check_blob_counts(bottom, top)
-        self.layer_setup(bottom, top)
-        if len(self.param_propagate_down) != len(self.blobs):
-            self.param_propagate_down = [True] * len(self.blobs)
-        self.reshape(bottom, top)
+        try:
+            self.layer_setup(bottom, top)
+            if len(self.param_propagate_down) != len(self.blobs):
+                self.param_propagate_down = [True] * len(self.blobs)
+            self.reshape(bottom, top)
+        except BlobSizeError as e:  # the blob knows its shape, not whose it is
+            self.fail(str(e))
         self.set_loss_weights(top)
 
     def set_loss_weights(self, top):

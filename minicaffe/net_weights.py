@@ -9,7 +9,7 @@ import numpy as np
 from .errors import ShapeError
 from .hdf5_weights import Hdf5Weights, copy_hdf5_weights
 from .io.hdf5_file import is_hdf5
-from .io.protobinary import blobproto_shape, read_binary
+from .io.protobinary import blobproto_shape, read_caffemodel
 from .proto import caffe_pb2
 from .upgrade import upgrade_net
 
@@ -39,7 +39,7 @@ def read_weights(weights):
         where = os.fspath(weights)
         if is_hdf5(where):
             return Hdf5Weights(where), where
-        src = read_binary(where, caffe_pb2.NetParameter())
+        src = read_caffemodel(where)
     if len(src.layers) and not len(src.layer):
         upgrade_net(src, where)
     return src, where
@@ -51,6 +51,8 @@ def copy_weights(layer_by_name, src, where):
     if isinstance(src, Hdf5Weights):
         copy_hdf5_weights(layer_by_name, src)
         return
+    if len(src.layer) and not any(lp.name in layer_by_name for lp in src.layer):
+        log.warning("%s: no layer name matches the net: no weights copied", where)
     for lp in src.layer:
         if lp.name not in layer_by_name:
             log.info("Ignoring source layer %s", lp.name)
@@ -60,7 +62,8 @@ def copy_weights(layer_by_name, src, where):
             if not len(lp.blobs):
                 continue
             raise ShapeError(f"{where}: layer '{lp.name}' has {len(lp.blobs)} blobs in the "
-                             f"weights file but {len(layer.blobs)} in the net")
+                             f"weights file {[blobproto_shape(b) for b in lp.blobs]} but "
+                             f"{len(layer.blobs)} in the net {[b.shape for b in layer.blobs]}")
         for bi, (bp, blob) in enumerate(zip(lp.blobs, layer.blobs)):
             shape = blobproto_shape(bp)
             if tuple(shape) != tuple(blob.shape):

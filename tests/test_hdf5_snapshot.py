@@ -83,8 +83,14 @@ def test_resume_from_hdf5_state_equals_a_straight_run(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+def _test_net_param():
+    param = parse_text(NET, caffe_pb2.NetParameter())
+    param.state.phase = caffe.TEST
+    return param
+
+
 def test_weights_from_a_hand_written_hdf5_file(tmp_path):
-    net = caffe.Net(parse_text(NET, caffe_pb2.NetParameter(state={"phase": caffe.TEST})))
+    net = caffe.Net(_test_net_param())
     rng = np.random.default_rng(0)
     path = tmp_path / "hand.caffemodel.h5"
     values = {"ip1": [rng.standard_normal((3, 3)), rng.standard_normal(3)],
@@ -104,7 +110,7 @@ def test_weights_from_a_hand_written_hdf5_file(tmp_path):
 
 
 def test_weight_errors_name_the_file_and_layer(tmp_path):
-    net = caffe.Net(parse_text(NET, caffe_pb2.NetParameter(state={"phase": caffe.TEST})))
+    net = caffe.Net(_test_net_param())
     bad_shape = tmp_path / "shape.h5"
     with h5py.File(bad_shape, "w") as f:
         f.create_dataset("data/ip3/0", data=np.zeros((3, 2)))
@@ -130,7 +136,7 @@ def test_state_errors(tmp_path):
         s.restore(str(tmp_path / "h5_iter_4.caffemodel.h5"))
     with pytest.raises(MiniCaffeError, match=r"nope.solverstate.h5: no such file"):
         s.restore(str(tmp_path / "nope.solverstate.h5"))
-    adam = _solver(tmp_path, 'type: "Adam" momentum: 0.9')
+    adam = _solver(tmp_path, 'type: "Adam"')
     with pytest.raises(MiniCaffeError, match=r"holds 5 history blobs, but the Adam solver"):
         adam.restore(str(tmp_path / "h5_iter_4.solverstate.h5"))
 

@@ -47,6 +47,29 @@ def is_lmdb(path):
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "data.mdb"))
 
 
+def is_leveldb(path):
+    """A LevelDB directory: its CURRENT file names the live manifest."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "CURRENT"))
+
+
+def check_lmdb(path):
+    """Fail, saying what ``path`` is instead, unless it is an LMDB directory."""
+    if is_lmdb(path):
+        return
+    if not os.path.exists(path):
+        raise MiniCaffeError(f"LMDB {path}: no such directory")
+    if is_leveldb(path):
+        raise MiniCaffeError(f"{path} is a LevelDB database: {LEVELDB_HINT}")
+    what = "a file" if not os.path.isdir(path) else "a directory without data.mdb"
+    raise MiniCaffeError(f"{path} is not an LMDB database: it is {what} (an LMDB is a "
+                         "directory holding data.mdb and lock.mdb)")
+
+
+def key_text(key):
+    """An LMDB key for a message: Caffe's tools write text keys ("%08d_<path>")."""
+    return repr(key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else key)
+
+
 # -- read-only environments, shared per path ----------------------------------------------------
 _envs = {}
 _envs_lock = threading.Lock()
@@ -60,13 +83,7 @@ def _identity(path):
 def open_env(path):
     """A read-only lmdb Environment for the Caffe LMDB directory ``path`` (shared per path)."""
     lmdb = _lmdb()
-    if not os.path.exists(path):
-        raise MiniCaffeError(f"LMDB {path}: no such directory")
-    if not is_lmdb(path):
-        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "CURRENT")):
-            raise MiniCaffeError(f"{path} is a LevelDB database: {LEVELDB_HINT}")
-        raise MiniCaffeError(f"{path} is not an LMDB database (an LMDB is a directory holding "
-                             "data.mdb)")
+    check_lmdb(path)
     real = os.path.realpath(path)
     with _envs_lock:
         ident = _identity(real)
@@ -181,9 +198,7 @@ def iter_items(path, start=None):
 def iter_datums(path):
     """(key, Datum) pairs of the database in key order."""
     for k, v in iter_items(path):
-        d = caffe_pb2.Datum()
-        d.ParseFromString(v)
-        yield k, d
+        yield k, parse_datum(v, path, k)
 
 
 class LoopingCursor:
@@ -205,12 +220,16 @@ class LoopingCursor:
 
     def next(self):
         """Value at the cursor, then advance (wrapping to the first record at the end)."""
-        value = self._cur.value()
+        return self.next_item()[1]
+
+    def next_item(self):
+        """(key, value) at the cursor, then advance (wrapping to the first record at the end)."""
+        key, value = self._cur.key(), self._cur.value()
         self._dropper.add(len(value))
         if not self._cur.next():
             log.info("%s: restarting data prefetching from start of %s", self.name, self.path)
             self._cur.first()
-        return value
+        return key, value
 
     def close(self):
         try:
@@ -319,7 +338,17 @@ def datum_to_array(datum, color=None, what="datum"):
     return np.asarray(datum.float_data, dtype=np.float32).reshape(c, h, w)
 
 
-def parse_datum(value):
+def parse_datum(value, source="LMDB", key=None):
+    """The Datum in a record's ``value``; anything else fails naming ``source`` and ``key``."""
     d = caffe_pb2.Datum()
-    d.ParseFromString(value)
+    try:
+        d.ParseFromString(value)
+        problem = None if d.ListFields() or not len(value) else "none of its fields is a Datum's"
+    except Exception as e:  # DecodeError: not a protobuf message at all
+        problem = str(e).split(": ")[-1]
+    if problem:
+        where = f"record {key_text(key)}" if key is not None else "a record"
+        head = bytes(value[:16]).hex(" ")
+        raise MiniCaffeError(f"{source}: {where} is not a caffe.Datum ({problem}; "
+                             f"{len(value)} bytes starting {head})")
     return d

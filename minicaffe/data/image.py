@@ -65,6 +65,9 @@ def decode_image(data, color=None, what="encoded image"):
             return _to_chw(img, color, what)
     except MiniCaffeError:
         raise
+    except Image.UnidentifiedImageError:
+        raise MiniCaffeError(f"could not decode {what} ({len(data)} bytes): not an image of a "
+                             f"known format, starting {bytes(data[:8]).hex(' ')}") from None
     except Exception as e:
         raise MiniCaffeError(f"could not decode {what} ({len(data)} bytes): {e}") from None
 
@@ -73,13 +76,17 @@ def read_image(path, height=0, width=0, is_color=True):
     """Caffe's ReadImageToCVMat: an image file as (C, H, W) uint8 BGR, resized if both sizes > 0."""
     Image = _pil()
     if not os.path.isfile(path):
-        raise MiniCaffeError(f"could not load image {path}: no such file")
+        what = "is a directory" if os.path.isdir(path) else "no such file"
+        raise MiniCaffeError(f"could not load image {path}: {what}")
     try:
         with Image.open(path) as img:
             img.load()
             arr = _to_chw(img, bool(is_color), path)
     except MiniCaffeError:
         raise
+    except Image.UnidentifiedImageError:
+        raise MiniCaffeError(f"could not load image {path}: not an image file of a known "
+                             f"format ({os.path.getsize(path)} bytes)") from None
     except Exception as e:
         raise MiniCaffeError(f"could not load image {path}: {e}") from None
     if height > 0 and width > 0:

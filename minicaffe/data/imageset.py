@@ -34,26 +34,40 @@ def _ext(name):
     return _norm_ext(os.path.splitext(name)[1])
 
 
-def read_image_list(source):
+def _shown(text, limit=60):
+    """``text`` quoted for a message, its undecodable bytes as escapes, cut at ``limit``."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return "'" + os.fsencode(cut).decode("utf-8", "backslashreplace") + "'"
+
+
+def read_image_list(source, with_lines=False):
     """Lines "path label" of an ImageData / convert_imageset list file (the label follows the
-    last space, so paths may contain spaces)."""
+    last space, so paths may contain spaces); ``with_lines`` adds each entry's line number."""
+    if os.path.isdir(source):
+        raise MiniCaffeError(f"image list {source}: is a directory, expected a text file of "
+                             "'path label' lines")
     if not os.path.isfile(source):
         raise MiniCaffeError(f"image list {source}: no such file")
     lines = []
-    with open(source) as f:
+    # Paths are bytes to the OS, as in Caffe's ifstream: undecodable ones pass through intact.
+    with open(source, encoding="utf-8", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
+            if "\0" in line:  # no path holds NUL: this is a binary file
+                raise MiniCaffeError(f"{source}:{lineno}: binary data, expected a text file of "
+                                     "'path label' lines")
             pos = line.rfind(" ")
             if pos < 0:
-                raise MiniCaffeError(f"{source}:{lineno}: expected 'path label', got {line!r}")
+                raise MiniCaffeError(f"{source}:{lineno}: expected 'path label', got "
+                                     f"{_shown(line)}")
             try:
                 label = int(line[pos + 1:])
             except ValueError:
-                raise MiniCaffeError(f"{source}:{lineno}: label {line[pos + 1:]!r} is not an "
-                                     "integer") from None
-            lines.append((line[:pos], label))
+                raise MiniCaffeError(f"{source}:{lineno}: label {_shown(line[pos + 1:])} is not "
+                                     "an integer") from None
+            lines.append((line[:pos], label, lineno) if with_lines else (line[:pos], label))
     return lines
 
 

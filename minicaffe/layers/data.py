@@ -12,12 +12,13 @@ import os
 import numpy as np
 
 from .. import backend
-from ..data.db import LEVELDB_HINT, LoopingCursor, is_lmdb, iter_items, parse_datum
+from ..data.db import (LEVELDB_HINT, LoopingCursor, check_lmdb, is_lmdb, iter_items, key_text,
+                       parse_datum)
 from ..data.image import read_image
 from ..data.imageset import read_image_list
 from ..data.data_transformer import DataTransformer
 from ..errors import MiniCaffeError
-from ..layer import register
+from ..layer import register, shape_text
 from ..parallel.sharding import record_stride
 from ..proto import caffe_pb2
 from .prefetch import PrefetchingDataLayer
@@ -54,12 +55,12 @@ class _DatumBatches:
     def __call__(self, recycled):
         if self.cursor is None:
             self.cursor = LoopingCursor(self.source, self.skip, self.name)
-        datums = [parse_datum(self.stride.next(self.cursor.next))
-                  for _ in range(self.batch_size)]
+        items = [self.stride.next(self.cursor.next_item) for _ in range(self.batch_size)]
+        datums = [parse_datum(v, f"LMDB {self.source}", k) for k, v in items]
         out = recycled[0] if recycled is not None else None
         if out is not None and out.shape != self._output_shape(datums[0]):
             out = None
-        return self.transform(datums, out)
+        return self.transform(items, datums, out)
 
     def _output_shape(self, first):
         if first.encoded:
@@ -67,23 +68,21 @@ class _DatumBatches:
         return (self.batch_size,) + self.transformer.infer_shape(
             (first.channels, first.height, first.width))
 
-    def transform(self, datums, out):
+    def transform(self, items, datums, out):
         t = self.transformer
-        d0 = datums[0]
-        shape0 = (d0.channels, d0.height, d0.width)
-        raw_uint8 = all(not d.encoded and len(d.data) and
-                        (d.channels, d.height, d.width) == shape0 for d in datums)
-        if raw_uint8 and not (t.param.force_color or t.param.force_gray):
-            n = int(np.prod(shape0))
-            buf = b"".join(d.data for d in datums)
-            if len(buf) != n * len(datums):
-                bad = next(i for i, d in enumerate(datums) if len(d.data) != n)
-                t.fail(f"a datum of {self.source} holds {len(datums[bad].data)} data bytes but "
-                       f"its shape {shape0[0]}x{shape0[1]}x{shape0[2]} needs {n}")
-            batch = np.frombuffer(buf, dtype=np.uint8).reshape((len(datums),) + shape0)
-            labels = np.array([d.label for d in datums], dtype=np.float32)
-            return t.transform(batch, out=out), labels
-        return t.transform_datums(datums, out=out)
+        # Unpacked here rather than by the transformer, so that errors can name the keys.
+        arrays = [t.datum_array(d, what=f"record {key_text(k)} of LMDB {self.source}")
+                  for (k, _), d in zip(items, datums)]
+        want = t.infer_shape(arrays[0].shape)
+        for (key, _), a in zip(items, arrays):
+            if t.infer_shape(a.shape) != want:
+                t.fail(f"records of LMDB {self.source} differ in size within a batch: "
+                       f"{key_text(items[0][0])} is {shape_text(arrays[0].shape)}, "
+                       f"{key_text(key)} is {shape_text(a.shape)} (channels x height x width); "
+                       "set crop_size (no larger than the smallest) or write records of one size")
+        batch = np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
+        labels = np.array([d.label for d in datums], dtype=np.float32)
+        return t.transform(batch, out=out), labels
 
 
 @register("Data")
@@ -101,10 +100,10 @@ class DataLayer(PrefetchingDataLayer):
             if p.HasField("backend") or not is_lmdb(p.source):
                 hint = " (the source is an LMDB: set `backend: LMDB`)" if is_lmdb(p.source) else ""
                 self.fail(f"source {p.source}: {LEVELDB_HINT}{hint}")
-        if not is_lmdb(p.source):
-            what = "no such directory" if not os.path.exists(p.source) else \
-                "not an LMDB directory (no data.mdb inside)"
-            self.fail(f"cannot open source {p.source}: {what}")
+        try:
+            check_lmdb(p.source)
+        except MiniCaffeError as e:
+            self.fail(f"cannot open source: {e}")
         rng = self._dedicated_rng()
         self.transformer = DataTransformer(
             merged_transform_param(self.layer_param, p), self.phase, rng=rng,
@@ -116,8 +115,12 @@ class DataLayer(PrefetchingDataLayer):
         first = next(iter_items(p.source), None)
         if first is None:
             self.fail(f"source {p.source} is an empty LMDB")
-        datum = parse_datum(first[1])
-        chw = self.transformer.datum_array(datum, what=f"first datum of {p.source}").shape
+        try:
+            datum = parse_datum(first[1], f"LMDB {p.source}", first[0])
+        except MiniCaffeError as e:
+            self.fail(str(e))
+        chw = self.transformer.datum_array(
+            datum, what=f"first record {key_text(first[0])} of {p.source}").shape
         shape = (int(p.batch_size),) + self.transformer.infer_shape(chw)
         top[0].reshape(shape)
         if len(top) > 1:
@@ -135,9 +138,18 @@ def _image_path(root_folder, name):
     return path
 
 
+def read_listed_image(source, lineno, path, height, width, is_color):
+    """read_image, whose failure also names the list file and line that listed the image."""
+    try:
+        return read_image(path, height, width, is_color)
+    except MiniCaffeError as e:
+        raise MiniCaffeError(f"{source}:{lineno}: {e}") from None
+
+
 class _ImageBatches:
-    def __init__(self, lines, pos, root, batch_size, new_h, new_w, is_color, shuffle, rng,
-                 transformer, name):
+    def __init__(self, source, lines, pos, root, batch_size, new_h, new_w, is_color, shuffle,
+                 rng, transformer, name):
+        self.source = source
         self.lines = lines
         self.pos = pos
         self.root = root
@@ -163,9 +175,9 @@ class _ImageBatches:
     def __call__(self, recycled):
         images, labels = [], []
         for _ in range(self.batch_size):
-            name, label = self.stride.next(self._next_line)
-            images.append(read_image(_image_path(self.root, name), self.size[0], self.size[1],
-                                     self.is_color))
+            name, label, lineno = self.stride.next(self._next_line)
+            images.append(read_listed_image(self.source, lineno, _image_path(self.root, name),
+                                            self.size[0], self.size[1], self.is_color))
             labels.append(label)
         out = recycled[0] if recycled is not None else None
         shapes = {a.shape for a in images}
@@ -191,7 +203,7 @@ class ImageDataLayer(PrefetchingDataLayer):
         if p.batch_size <= 0:
             self.fail("image_data_param.batch_size must be positive")
         try:
-            lines = read_image_list(p.source)
+            lines = read_image_list(p.source, with_lines=True)
         except MiniCaffeError as e:
             self.fail(str(e))
         if not lines:
@@ -209,16 +221,16 @@ class ImageDataLayer(PrefetchingDataLayer):
                 self.fail(f"not enough images ({len(lines)}) to skip {pos}")
         root = p.root_folder
         try:
-            img = read_image(_image_path(root, lines[pos][0]), p.new_height, p.new_width,
-                             p.is_color)
+            img = read_listed_image(p.source, lines[pos][2], _image_path(root, lines[pos][0]),
+                                    p.new_height, p.new_width, p.is_color)
         except MiniCaffeError as e:
             self.fail(str(e))
         shape = (int(p.batch_size),) + self.transformer.infer_shape(img.shape)
         top[0].reshape(shape)
         if len(top) > 1:
             top[1].reshape((int(p.batch_size),))
-        self._start(_ImageBatches(lines, pos, root, int(p.batch_size), int(p.new_height),
-                                  int(p.new_width), bool(p.is_color), bool(p.shuffle), rng,
-                                  self.transformer, self.name),
+        self._start(_ImageBatches(p.source, lines, pos, root, int(p.batch_size),
+                                  int(p.new_height), int(p.new_width), bool(p.is_color),
+                                  bool(p.shuffle), rng, self.transformer, self.name),
                     int(self.layer_param.data_param.prefetch))
 

@@ -38,8 +38,11 @@ class HDF5DataLayer(DataSourceLayer):
         except ImportError:
             self.fail("HDF5Data needs the h5py package: pip install h5py")
         if not os.path.isfile(p.source):
-            self.fail(f"cannot open source {p.source}: no such file")
-        with open(p.source) as f:
+            what = "is a directory" if os.path.isdir(p.source) else "no such file"
+            self.fail(f"cannot open source {p.source}: {what} (expected a text file listing "
+                      ".h5 files)")
+        self.source = p.source
+        with open(p.source, encoding="utf-8", errors="surrogateescape") as f:
             self.filenames = f.read().split()
         if not self.filenames:
             self.fail(f"must have at least one HDF5 filename listed in {p.source}")
@@ -60,7 +63,8 @@ class HDF5DataLayer(DataSourceLayer):
     def _load(self, filename):
         import h5py
         if not os.path.isfile(filename):
-            self.fail(f"failed opening HDF5 file {filename}: no such file")
+            what = "is a directory" if os.path.isdir(filename) else "no such file"
+            self.fail(f"failed opening HDF5 file {filename} (listed in {self.source}): {what}")
         arrays = []
         try:
             with h5py.File(filename, "r") as f:
@@ -78,7 +82,7 @@ class HDF5DataLayer(DataSourceLayer):
         except LayerError:
             raise
         except OSError as e:
-            self.fail(f"failed opening HDF5 file {filename}: {e}")
+            self.fail(f"failed opening HDF5 file {filename} (listed in {self.source}): {e}")
         num = arrays[0].shape[0]
         for name, a, prev in zip(self.top_names, arrays, getattr(self, "arrays", arrays)):
             if a.shape[1:] != prev.shape[1:]:

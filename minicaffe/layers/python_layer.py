@@ -65,6 +65,17 @@ def _import_module(name):
         return importlib.import_module(name)
 
 
+def _import_failure(exc):
+    """Where a module raised on import: its file and line, then the exception."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}:{exc.lineno}: SyntaxError: {exc.msg}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}: " if tb is not None else ""
+    return f"{where}{type(exc).__name__}: {exc}"
+
+
 @register("Python")
 class PythonLayer(Layer):
     def __init__(self, param):
@@ -78,6 +89,9 @@ class PythonLayer(Layer):
         except ImportError as e:
             self.fail(f"cannot import python_param.module '{pp.module}': {e} (put its "
                       "directory on PYTHONPATH or run from that directory)")
+        except Exception as e:  # the module itself raised (or has a syntax error) on import
+            self.fail(f"importing python_param.module '{pp.module}' failed: "
+                      f"{_import_failure(e)}")
         cls = getattr(module, pp.layer, None)
         if cls is None:
             self.fail(f"module '{pp.module}' ({getattr(module, '__file__', '?')}) has no "
