@@ -10,8 +10,10 @@ should run its NumPy/CuPy expressions:
   first use.
 
 ``minicaffe.kernels.cuda`` also holds the fused kernels that layers call directly on CuPy
-arrays (BatchNorm/Scale/Bias, SoftmaxWithLoss, the solvers' updates). Nothing here imports
-CuPy or numba before it is needed.
+arrays (BatchNorm/Scale/Bias, SoftmaxWithLoss, the solvers' updates), and
+``minicaffe.kernels.array_im2col`` the array-module im2col and window geometry that the
+convolution and pooling layers share, which hands over to the "im2col" family where there is
+one. Nothing here imports CuPy or numba before it is needed.
 """
 import numpy as np
 

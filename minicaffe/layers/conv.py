@@ -30,8 +30,8 @@ That is the whole-batch path (CuPy, Deconvolution, numba off). Convolution on Nu
 with the numba kernels runs one image at a time per core instead (``conv_cpu.py``): the same
 products, cut per image, with nothing kept between forward and backward.
 """
-from .. import im2col as cols
-from . import conv_cpu
+from ..kernels import array_im2col as cols
+from ..engines import conv_per_image as conv_cpu
 from ..proto import caffe_pb2
 from ..errors import ShapeError
 from ..layer import Layer, register

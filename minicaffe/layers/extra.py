@@ -34,7 +34,7 @@ from ..errors import LayerError, ShapeError
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..blob import Blob
-from .. import im2col as win
+from ..kernels import array_im2col as win
 from .conv import read_geometry
 
 log = logging.getLogger("minicaffe")

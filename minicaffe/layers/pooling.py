@@ -21,7 +21,7 @@ first pixel.
 """
 import numpy as np
 
-from .. import im2col as win
+from ..kernels import array_im2col as win
 from .. import kernels
 from ..backend import get_array_module
 from ..errors import ShapeError
