@@ -4,7 +4,7 @@
 "pooling", "im2col") for arrays of module ``xp``, or None when there is none and the layer
 should run its NumPy/CuPy expressions:
 
-* NumPy arrays: the numba kernels of ``minicaffe.kernels.cpu`` (``cpu_<name>.py``);
+* NumPy arrays: the numba kernels that ``minicaffe.kernels.cpu`` loads (``cpu_<name>``);
 * CuPy arrays (GPU mode, fused kernels on): the CUDA kernels of ``minicaffe.kernels.cuda``
   with the same functions and arguments (``cuda.family(name)``), compiled with NVRTC on
   first use.
