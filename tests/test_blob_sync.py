@@ -227,7 +227,7 @@ FAKE = FakeDevice()
 def _forget_device_scratch():
     """Drop scratch arrays that layers share through module-level caches (im2col's
     workspaces), so no stand-in array outlives the test that installed the stand-in."""
-    from minicaffe import im2col
+    from minicaffe.kernels import array_im2col as im2col
     local = getattr(im2col, "_local", None)
     if local is not None:
         local.__dict__.clear()

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from minicaffe.data import cifar10 as c10
+from minicaffe.data import cifar10_batches as batches
+from minicaffe.data import cifar10_lmdb as c10_lmdb
+from minicaffe.data import download as dl
 from minicaffe.data import db as dbm
 from minicaffe.errors import MiniCaffeError
 from minicaffe.io import read_mean
@@ -26,13 +29,13 @@ N = 4  # records per batch file in the tiny data sets
 @pytest.fixture
 def tiny(monkeypatch):
     """Shrink the 'full' layout to N records per batch file so tests stay small."""
-    monkeypatch.setattr(c10, "BATCH_RECORDS", N)
+    monkeypatch.setattr(batches, "BATCH_RECORDS", N)
 
 
 def batch_bytes(seed, n=N):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n, dtype=np.uint8)
-    images = rng.integers(0, 256, (n, c10.IMAGE_BYTES), dtype=np.uint8)
+    images = rng.integers(0, 256, (n, batches.IMAGE_BYTES), dtype=np.uint8)
     rec = np.concatenate([labels[:, None], images], axis=1)
     return rec.tobytes(), labels, images.reshape(n, 3, 32, 32)
 
@@ -99,7 +102,7 @@ def test_download_checksum_match(tmp_path, server):
     body = os.urandom(300_000)
     url = server("/ok.tar.gz", body)
     dest = tmp_path / "out" / "f.tar.gz"
-    c10.download(url, str(dest), md5=md5(body), progress=False, chunk=65536, log=lambda m: None)
+    dl.download(url, str(dest), md5=md5(body), progress=False, chunk=65536, log=lambda m: None)
     assert dest.read_bytes() == body
     assert not os.path.exists(f"{dest}.part")
 
@@ -109,7 +112,7 @@ def test_download_checksum_mismatch(tmp_path, server):
     url = server("/bad.tar.gz", body)
     dest = tmp_path / "f.tar.gz"
     with pytest.raises(MiniCaffeError, match="checksum mismatch"):
-        c10.download(url, str(dest), md5="0" * 32, progress=False, log=lambda m: None)
+        dl.download(url, str(dest), md5="0" * 32, progress=False, log=lambda m: None)
     assert not dest.exists() and not os.path.exists(f"{dest}.part")
 
 
@@ -118,7 +121,7 @@ def test_download_interrupted(tmp_path, server):
     url = server("/cut.tar.gz", body, cut=50_000)
     dest = tmp_path / "f.tar.gz"
     with pytest.raises(MiniCaffeError, match="interrupted"):
-        c10.download(url, str(dest), md5=md5(body), progress=False, chunk=8192,
+        dl.download(url, str(dest), md5=md5(body), progress=False, chunk=8192,
                      log=lambda m: None)
     assert not dest.exists() and not os.path.exists(f"{dest}.part")
     assert os.listdir(tmp_path) == []
@@ -127,7 +130,7 @@ def test_download_interrupted(tmp_path, server):
 def test_download_unreachable_mentions_from(tmp_path, server):
     url = server("/x", b"x").replace("/x", "/missing")
     with pytest.raises(MiniCaffeError, match="--from"):
-        c10.download(url, str(tmp_path / "f"), progress=False, log=lambda m: None)
+        dl.download(url, str(tmp_path / "f"), progress=False, log=lambda m: None)
 
 
 def test_main_downloads_and_converts(tmp_path, server, tiny, capsys):
@@ -139,8 +142,8 @@ def test_main_downloads_and_converts(tmp_path, server, tiny, capsys):
     rc = c10.main_cifar10(["--out", str(out), "--url", url, "--md5", md5(body), "--no-progress"])
     assert rc == 0
     assert (out / c10.TARBALL_NAME).read_bytes() == body
-    assert dbm.num_entries(str(out / c10.TRAIN_DB)) == 5 * N
-    assert dbm.num_entries(str(out / c10.TEST_DB)) == N
+    assert dbm.num_entries(str(out / c10_lmdb.TRAIN_DB)) == 5 * N
+    assert dbm.num_entries(str(out / c10_lmdb.TEST_DB)) == N
     # a second run finds the work done
     capsys.readouterr()
     assert c10.main_cifar10(["--out", str(out), "--url", url, "--md5", md5(body)]) == 0
@@ -150,12 +153,12 @@ def test_main_downloads_and_converts(tmp_path, server, tiny, capsys):
     assert c10.main_cifar10(["--out", str(out2), "--url", url, "--md5", "1" * 32,
                              "--no-progress"]) == 1
     assert "checksum mismatch" in capsys.readouterr().err
-    assert not (out2 / c10.TRAIN_DB).exists()
+    assert not (out2 / c10_lmdb.TRAIN_DB).exists()
 
 
 # -- conversion ---------------------------------------------------------------------------------
 def check_converted(out, files, train_names):
-    train = list(dbm.iter_datums(str(out / c10.TRAIN_DB)))
+    train = list(dbm.iter_datums(str(out / c10_lmdb.TRAIN_DB)))
     n_train = sum(len(files[n][1]) for n in train_names)
     assert [k for k, _ in train] == [b"%05d" % i for i in range(n_train)]
     exp_images = np.concatenate([files[n][2] for n in train_names])
@@ -164,16 +167,16 @@ def check_converted(out, files, train_names):
         assert (d.channels, d.height, d.width) == (3, 32, 32) and not d.encoded
         assert d.label == exp_labels[i]
         assert d.data == exp_images[i].tobytes()  # raw CHW bytes as stored in the file
-    test = list(dbm.iter_datums(str(out / c10.TEST_DB)))
+    test = list(dbm.iter_datums(str(out / c10_lmdb.TEST_DB)))
     assert [k for k, _ in test] == [b"%05d" % i for i in range(len(files["test_batch.bin"][1]))]
     for i, (_, d) in enumerate(test):
         assert d.label == files["test_batch.bin"][1][i]
         assert d.data == files["test_batch.bin"][2][i].tobytes()
-    mean = read_mean(str(out / c10.MEAN_FILE))
+    mean = read_mean(str(out / c10_lmdb.MEAN_FILE))
     assert mean.shape == (3, 32, 32)
     np.testing.assert_allclose(mean, exp_images.astype(np.float64).mean(axis=0), rtol=1e-6)
     bp = caffe_pb2.BlobProto()
-    bp.ParseFromString((out / c10.MEAN_FILE).read_bytes())
+    bp.ParseFromString((out / c10_lmdb.MEAN_FILE).read_bytes())
     assert (bp.num, bp.channels, bp.height, bp.width) == (1, 3, 32, 32)
 
 
@@ -184,8 +187,8 @@ def test_convert_tiny_tarball_as_caffe(tmp_path, tiny, capsys):
     assert c10.main_cifar10(["--from", tb, "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "differs from the official" in text and "verifying the structure and sizes" in text
-    check_converted(out, files, list(c10.TRAIN_FILES))
-    assert (out / c10.META_FILE).read_text().split() == list(c10.CLASSES)
+    check_converted(out, files, list(batches.TRAIN_FILES))
+    assert (out / batches.META_FILE).read_text().split() == list(c10.CLASSES)
 
 
 def test_convert_extracted_folder(tmp_path, tiny, capsys):
@@ -199,13 +202,13 @@ def test_convert_extracted_folder(tmp_path, tiny, capsys):
     assert c10.main_cifar10(["--from", str(tmp_path / "x"), "--out", str(out),
                              "--no-progress"]) == 0
     assert "no checksum" in capsys.readouterr().out
-    check_converted(out, files, list(c10.TRAIN_FILES))
+    check_converted(out, files, list(batches.TRAIN_FILES))
 
 
 def test_official_md5_is_reported(tmp_path, tiny, capsys):
     files = tiny_files()
     tb = write_tarball(tmp_path / "c.tar.gz", files)
-    c10.prepare_cifar10(str(tmp_path / "out"), tb, md5=c10.md5_file(tb), progress=False)
+    c10.prepare_cifar10(str(tmp_path / "out"), tb, md5=dl.md5_file(tb), progress=False)
     assert "matches the official" in capsys.readouterr().out
 
 
@@ -213,18 +216,18 @@ def test_structure_errors(tmp_path, tiny):
     files = tiny_files()
     raw = {n: v[0] for n, v in files.items()}
     with pytest.raises(MiniCaffeError, match="data_batch_3.bin is missing"):
-        c10.verify_layout({k: v for k, v in raw.items() if k != "data_batch_3.bin"})
+        batches.verify_layout({k: v for k, v in raw.items() if k != "data_batch_3.bin"})
     bad = dict(raw, **{"test_batch.bin": raw["test_batch.bin"][:-1]})
     with pytest.raises(MiniCaffeError, match="test_batch.bin has .* bytes, expected"):
-        c10.verify_layout(bad)
+        batches.verify_layout(bad)
     lab = bytearray(raw["data_batch_1.bin"])
-    lab[c10.RECORD_BYTES] = 10
+    lab[batches.RECORD_BYTES] = 10
     with pytest.raises(MiniCaffeError, match="label 10"):
-        c10.verify_layout(dict(raw, **{"data_batch_1.bin": bytes(lab)}))
+        batches.verify_layout(dict(raw, **{"data_batch_1.bin": bytes(lab)}))
     not_tar = tmp_path / "x.tar.gz"
     not_tar.write_bytes(b"hello")
     with pytest.raises(MiniCaffeError, match="not a readable tarball"):
-        c10.load_batches(str(not_tar))
+        batches.load_batches(str(not_tar))
 
 
 def test_sample_layout_needs_sample_flag(tmp_path, tiny, capsys):
@@ -241,11 +244,11 @@ def test_sample_layout_needs_sample_flag(tmp_path, tiny, capsys):
 
 # -- the bundled sample -------------------------------------------------------------------------
 def test_bundled_sample_layout():
-    d = c10.bundled_sample_dir()
+    d = batches.bundled_sample_dir()
     assert d is not None
-    assert os.path.getsize(os.path.join(d, "data_batch_1.bin")) == 2000 * c10.RECORD_BYTES
-    assert os.path.getsize(os.path.join(d, "test_batch.bin")) == 500 * c10.RECORD_BYTES
-    x, y = c10.read_records(os.path.join(d, "data_batch_1.bin"))
+    assert os.path.getsize(os.path.join(d, "data_batch_1.bin")) == 2000 * batches.RECORD_BYTES
+    assert os.path.getsize(os.path.join(d, "test_batch.bin")) == 500 * batches.RECORD_BYTES
+    x, y = batches.read_records(os.path.join(d, "data_batch_1.bin"))
     assert x.shape == (2000, 3, 32, 32)
     counts = np.bincount(y, minlength=10)
     assert counts.min() > 100  # every class present
@@ -255,13 +258,13 @@ def test_bundled_sample_layout():
 def test_bundled_sample_converts_and_feeds_a_data_layer(tmp_path):
     out = tmp_path / "sample"
     assert c10.main_cifar10(["--sample", "--out", str(out), "--no-progress"]) == 0
-    assert dbm.num_entries(str(out / c10.TRAIN_DB)) == 2000
-    assert dbm.num_entries(str(out / c10.TEST_DB)) == 500
-    x, y = c10.read_records(os.path.join(c10.bundled_sample_dir(), "test_batch.bin"))
-    mean = read_mean(str(out / c10.MEAN_FILE))
+    assert dbm.num_entries(str(out / c10_lmdb.TRAIN_DB)) == 2000
+    assert dbm.num_entries(str(out / c10_lmdb.TEST_DB)) == 500
+    x, y = batches.read_records(os.path.join(batches.bundled_sample_dir(), "test_batch.bin"))
+    mean = read_mean(str(out / c10_lmdb.MEAN_FILE))
     p = layer_param(f'name: "cifar" type: "Data" top: "data" top: "label" '
-                    f'transform_param {{ mean_file: "{out / c10.MEAN_FILE}" scale: 0.00390625 }} '
-                    f'data_param {{ source: "{out / c10.TEST_DB}" batch_size: 100 '
+                    f'transform_param {{ mean_file: "{out / c10_lmdb.MEAN_FILE}" scale: 0.00390625 }} '
+                    f'data_param {{ source: "{out / c10_lmdb.TEST_DB}" batch_size: 100 '
                     f'backend: LMDB }}', caffe_pb2.TEST)
     layer = create_layer(p)
     top = [Blob(), Blob()]

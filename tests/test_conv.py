@@ -399,10 +399,10 @@ def test_deconv_in_chunks(tiny_chunks, case):
     check_gradients(text, [x])
 
 
-# -- per-image path (NumPy with the numba kernels: conv_cpu.py) ---------------------------------
+# -- per-image path (NumPy with the numba kernels: engines/conv_per_image.py) ---------------------------------
 @pytest.fixture
 def per_image(kernel_path):
-    from minicaffe import cpu_threads
+    from minicaffe.engines import cpu_threads
     if kernel_path != "compiled" or not cpu_threads.available():
         pytest.skip("the per-image path needs the numba kernels and threadpoolctl")
     yield cpu_threads
@@ -437,7 +437,7 @@ WIDE_CASES = {
 
 @pytest.mark.parametrize("case", sorted(WIDE_CASES))
 def test_per_image_caffe_order_columns(per_image, case):
-    from minicaffe.layers import conv_cpu
+    from minicaffe.engines import conv_per_image as conv_cpu
     per_image.set_workers(2)
     settings, shape, stride, pad, dilation, group = WIDE_CASES[case]
     x = np.random.RandomState(19).standard_normal(shape)

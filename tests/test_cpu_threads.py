@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from minicaffe import cpu_threads
+from minicaffe.engines import cpu_threads
 
 pytestmark = pytest.mark.skipif(not cpu_threads.available(),
                                 reason="threadpoolctl finds no BLAS to hold to one thread")

@@ -830,8 +830,8 @@ def test_pooling_kernels_emulated(emulated, geometry):
 @pytest.mark.parametrize("geometry", [((3, 3), (1, 1), (1, 1), (1, 1), 1),
                                       ((3, 2), (2, 1), (2, 0), (2, 1), 2)])
 def test_im2col_kernels_emulated(emulated, geometry):
-    """CUDA im2col/col2im (channels-last layout) against minicaffe.im2col on NumPy."""
-    from minicaffe import im2col as cols
+    """CUDA im2col/col2im (channels-last layout) against kernels.array_im2col on NumPy."""
+    from minicaffe.kernels import array_im2col as cols
     from minicaffe.kernels.cuda import im2col as kc
     kernel, stride, pad, dilation, groups = geometry
     rng = np.random.default_rng(5)

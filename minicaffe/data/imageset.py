@@ -10,7 +10,6 @@ re-encoded image otherwise.
 Without a list file, the images are found in the folder: one sub-folder per class (labels 0, 1,
 ... in sorted name order), or image files directly in it (label 0).
 """
-import argparse
 import os
 import sys
 
@@ -19,8 +18,9 @@ import numpy as np
 from .. import backend
 from ..errors import MiniCaffeError
 from ..proto import caffe_pb2
-from .db import LEVELDB_HINT, LMDBWriter, array_to_datum, close_env
+from .db import LMDBWriter, array_to_datum, close_env
 from .image import encode_image, native_channels, read_image
+from .tool_cli import run_tool, tool_parser
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -162,15 +162,14 @@ def convert_imageset(root_folder, list_file, db_path, gray=False, shuffle=False,
 
 
 def main_convert_imageset(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="convert_imageset",
-        description="Convert images to an LMDB of Datums (as Caffe's convert_imageset). "
-                    "Usage: convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME, or "
-                    "convert_imageset [FLAGS] FOLDER DB_NAME (one sub-folder per class).")
+    ap = tool_parser(
+        "convert_imageset",
+        "Convert images to an LMDB of Datums (as Caffe's convert_imageset). "
+        "Usage: convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME, or "
+        "convert_imageset [FLAGS] FOLDER DB_NAME (one sub-folder per class).")
     ap.add_argument("paths", nargs="+", metavar="ROOTFOLDER [LISTFILE] DB_NAME")
     ap.add_argument("--gray", action="store_true", help="convert to one grey channel")
     ap.add_argument("--shuffle", action="store_true", help="shuffle the images first")
-    ap.add_argument("--backend", default="lmdb", choices=["lmdb", "leveldb"])
     ap.add_argument("--resize_width", type=int, default=0)
     ap.add_argument("--resize_height", type=int, default=0)
     ap.add_argument("--check_size", action="store_true")
@@ -178,9 +177,8 @@ def main_convert_imageset(argv=None):
     ap.add_argument("--encode_type", default="", help="png, jpg, ... (default: the file's own)")
     ap.add_argument("--seed", type=int, default=None, help="random seed for --shuffle")
     args = ap.parse_args(argv)
-    try:
-        if args.backend == "leveldb":
-            raise MiniCaffeError(LEVELDB_HINT)
+
+    def work():
         if len(args.paths) == 3:
             root, listfile, db = args.paths
         elif len(args.paths) == 2:
@@ -192,7 +190,5 @@ def main_convert_imageset(argv=None):
                          resize_height=args.resize_height, resize_width=args.resize_width,
                          check_size=args.check_size, encoded=args.encoded,
                          encode_type=args.encode_type, rng=rng, log=print)
-    except MiniCaffeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_tool(args, work)

@@ -3,14 +3,13 @@
 As Caffe's tool does, the result is a BlobProto with the legacy num/channels/height/width fields
 (1 x C x H x W) that ``transform_param { mean_file: ... }`` and ``minicaffe.io.read_mean`` read.
 """
-import argparse
-import sys
 
 import numpy as np
 
 from ..errors import MiniCaffeError
 from ..proto import caffe_pb2
-from .db import LEVELDB_HINT, datum_to_array, iter_items, parse_datum
+from .db import datum_to_array, iter_items, parse_datum
+from .tool_cli import run_tool, tool_parser
 
 
 def mean_to_blobproto(mean):
@@ -88,18 +87,9 @@ def compute_image_mean(db_path, out_path=None, log=None, chunk=1000):
 
 
 def main_compute_image_mean(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="compute_image_mean",
-        description="Compute the mean image of an LMDB of Datums (as Caffe's tool).")
+    ap = tool_parser("compute_image_mean",
+                     "Compute the mean image of an LMDB of Datums (as Caffe's tool).")
     ap.add_argument("input_db")
     ap.add_argument("output_file", nargs="?")
-    ap.add_argument("--backend", default="lmdb", choices=["lmdb", "leveldb"])
     args = ap.parse_args(argv)
-    try:
-        if args.backend == "leveldb":
-            raise MiniCaffeError(LEVELDB_HINT)
-        compute_image_mean(args.input_db, args.output_file, log=print)
-    except MiniCaffeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_tool(args, lambda: compute_image_mean(args.input_db, args.output_file, log=print))

@@ -1,8 +1,8 @@
 """Optional compiled CPU kernels (numba) for loops NumPy cannot vectorise well.
 
-Each kernel module (``cpu_*.py`` beside this file) is a CPU-only fast path for NumPy arrays;
-the layers keep their array-module (NumPy/CuPy) code as the fallback, so results and the CuPy
-path do not depend on numba. The kernels are used when numba imports and the environment
+Each kernel module (``cpu_*.py`` or package ``cpu_*/`` beside this file) is a CPU-only fast
+path for NumPy arrays; the layers keep their array-module (NumPy/CuPy) code as the fallback, so
+results and the CuPy path do not depend on numba. The kernels are used when numba imports and the environment
 variable ``MINICAFFE_NUMBA`` is not ``0``; ``enabled`` can also be switched at run time (the
 tests run both paths). Kernels compile on first use (seconds) and numba caches them on disk.
 """

@@ -1,5 +1,5 @@
 """Column kernels (numba, CPU), one image per parallel task, in the channels-last column
-layout of ``minicaffe.im2col``:
+layout of ``kernels.array_im2col``:
 
     col[g, (n, oh, ow), (i, j, c)] = padded[g, n, oh*sh + i*dh, ow*sw + j*dw, c]
 
@@ -63,7 +63,7 @@ def _nchw_kernel(x, col, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
 
 @numba.njit(cache=True, nogil=True)
 def image_columns(x, n, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
-    """One image's columns, serial: for the per-image convolution (``layers.conv_cpu``),
+    """One image's columns, serial: for the per-image convolution (``engines.conv_per_image``),
     whose threads each take their own images."""
     _image_columns(x, n, 0, col, tmp, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n)
 

@@ -9,7 +9,7 @@ are related through the weights W (Co, Ci/G, kh, kw), group by group:
          col2im(W[g]^T @ r'[g]) (strided)
 
 Convolution: a = bottom, r = top.   Deconvolution: a = top, r = bottom (the same weights
-used the other way round, as in Caffe). Columns are channels-last rows (``minicaffe.im2col``):
+used the other way round, as in Caffe). Columns are channels-last rows (``kernels/array_im2col.py``):
 col (G, N*Ho*Wo, kh*kw*Ci/G), and W is used as (G, Co/G, kh*kw*Ci/G), so responses come out
 as rows (G, Co/G, N*Ho*Wo) that are copied into (N, Co, Ho, Wo) in runs of Ho*Wo values.
 
@@ -27,15 +27,15 @@ of the thread. The image gradient's columns are chunked on their own, and only b
 bottom needs a gradient.
 
 That is the whole-batch path (CuPy, Deconvolution, numba off). Convolution on NumPy arrays
-with the numba kernels runs one image at a time per core instead (``conv_cpu.py``): the same
+with the numba kernels runs one image at a time per core instead (``engines/conv_per_image.py``): the same
 products, cut per image, with nothing kept between forward and backward.
 
 All of this is Caffe's engine (``engine: CAFFE``). On NumPy float32 blobs the layer runs on
 oneDNN instead when ``engines.selection`` picks it (the default where the library loads):
 ``engines/onednn/conv_layer.py`` then serves forward and backward.
 """
-from .. import im2col as cols
-from . import conv_cpu
+from ..kernels import array_im2col as cols
+from ..engines import conv_per_image
 from ..proto import caffe_pb2
 from ..errors import ShapeError
 from ..layer import Layer, register
@@ -140,8 +140,8 @@ class _ConvolutionBase(Layer):
                           self.keeps_backward_state and rebuilds and
                           bool(self.param_propagate_down[:1] and self.param_propagate_down[0]) and
                           self.num * col_image <= KEEP_COLS_BYTES)
-        # NumPy with the numba kernels: one image per step on each core (conv_cpu.py).
-        self.per_image = conv_cpu.usable(self, self.xp_of(first))
+        # NumPy with the numba kernels: one image per step on each core (engines/conv_per_image.py).
+        self.per_image = conv_per_image.usable(self, self.xp_of(first))
         self.keep_cols = self.keep_cols and not self.per_image
         self.chunk = self.num if self.keep_cols else self._chunk_for(col_image)
         self.img_chunk = self._chunk_for(img_image)
@@ -318,7 +318,7 @@ class ConvolutionLayer(_ConvolutionBase):
         for i, (b, t) in enumerate(zip(bottom, top)):
             if self.per_image:
                 bias = self._bias()
-                conv_cpu.forward(self, self._grouped(b.xdata, self.in_hw, self.conv_in),
+                conv_per_image.forward(self, self._grouped(b.xdata, self.in_hw, self.conv_in),
                                  self._grouped(t.xdata, (self.out_hw[0] * self.out_hw[1],),
                                                self.conv_out),
                                  None if bias is None else bias.reshape(self.group, -1))
@@ -373,7 +373,7 @@ class ConvolutionLayer(_ConvolutionBase):
         if want_w or flip:
             dx = self._grouped(bottom.xdiff, (self.in_hw[0] * self.in_hw[1],),
                                self.conv_in) if flip else None
-            conv_cpu.weight_and_image_gradients(self, x, dy, dx, want_w, flip)
+            conv_per_image.weight_and_image_gradients(self, x, dy, dx, want_w, flip)
         if want_x and not flip:     # strided: col2im through the whole-batch path
             self._image_gradient(top, bottom)
 

@@ -4,7 +4,7 @@ The top is (N, C*kh*kw, OH, OW) with row c*kh*kw + i*kw + j holding
 x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 in the padding) -- Caffe's column layout,
 one image per item. Backward is col2im (sums overlaps).
 """
-from .. import im2col as win
+from ..kernels import array_im2col as win
 from ..errors import ShapeError
 from ..layer import Layer, register, shape_text
 from .conv_geometry import read_geometry

@@ -14,7 +14,7 @@ each window's winner (int32 flat index in its plane) for backward and the mask t
 backward adds each output's gradient at its winner.
 
 Otherwise both directions loop over the kh*kw kernel offsets only (see
-``im2col.window_offsets``): at each offset one strided slice of the input meets the block of
+``kernels.array_im2col.window_offsets``): at each offset one strided slice of the input meets the block of
 outputs whose window samples it. MAX forward only takes running maxima (one ``fmax`` per
 offset); the winning pixels are found again from the bottom and a kept copy of the output when
 backward (or the mask top) needs them, scanning the offsets in order so that ties go to the
@@ -22,7 +22,7 @@ first pixel.
 """
 import numpy as np
 
-from .. import im2col as win
+from ..kernels import array_im2col as win
 from .. import kernels
 from ..backend import get_array_module
 from ..errors import ShapeError

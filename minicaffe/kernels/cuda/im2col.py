@@ -1,5 +1,5 @@
 """im2col / col2im on CuPy arrays for minicaffe's channels-last column layout (see
-minicaffe/im2col.py), behind ``kernels.get("im2col", cupy)``, same arguments as there:
+``kernels.array_im2col``), behind ``kernels.get("im2col", cupy)``, same arguments as there:
 
     col[g, (n, oh, ow), (i, j, c)] = padded[g, n, oh*sh + i*dh, ow*sw + j*dw, c]
 

@@ -16,16 +16,29 @@ The functions take the same arguments as the compiled CPU kernels the Pooling la
 """
 from . import RAW_SOURCES, i32, launch, raw_function
 
-RAW_SOURCES["pooling"] = r"""
-extern "C" __global__ void max_pool_forward(const real* x, int total, int H, int W, int PH,
-                                            int PW, int kh, int kw, int sh, int sw, int ph,
-                                            int pw, real* y, int* mask) {
-  MC_KERNEL_LOOP(i, total) {
+# The forward kernels' start: one thread per pooled output i, its plane and its window's
+# first row hs and column ws (before clipping).
+_FORWARD_HEAD = r"""
+extern "C" __global__ void {name}(const real* x, int total, int H, int W, int PH,
+{pad}int PW, int kh, int kw, int sh, int sw, int ph,
+{pad}int pw, real* y{outputs}) {{
+  MC_KERNEL_LOOP(i, total) {{
     const int pwi = i % PW;
     const int phi = (i / PW) % PH;
     const int plane = i / (PW * PH);
     int hs = phi * sh - ph;
     int ws = pwi * sw - pw;
+"""
+
+
+def _forward_kernel(name, outputs, body):
+    """``_FORWARD_HEAD`` for kernel ``name`` (extra parameters ``outputs``), then ``body``
+    (its leading newline dropped)."""
+    pad = " " * len(f'extern "C" __global__ void {name}(')
+    return _FORWARD_HEAD.format(name=name, pad=pad, outputs=outputs) + body.lstrip("\n")
+
+
+_MAX_FORWARD = r"""
     const int he = min(hs + kh, H);
     const int we = min(ws + kw, W);
     hs = max(hs, 0);
@@ -46,7 +59,9 @@ extern "C" __global__ void max_pool_forward(const real* x, int total, int H, int
     mask[i] = arg;
   }
 }
+"""
 
+_MAX_BACKWARD = r"""
 extern "C" __global__ void max_pool_backward(const real* dy, const int* mask, int total,
                                              int PHW, int HW, real* dx) {
   MC_KERNEL_LOOP(i, total) {
@@ -54,16 +69,9 @@ extern "C" __global__ void max_pool_backward(const real* dy, const int* mask, in
     if (a >= 0) atomicAdd(dx + (size_t)(i / PHW) * HW + a, dy[i]);
   }
 }
+"""
 
-extern "C" __global__ void ave_pool_forward(const real* x, int total, int H, int W, int PH,
-                                            int PW, int kh, int kw, int sh, int sw, int ph,
-                                            int pw, real* y) {
-  MC_KERNEL_LOOP(i, total) {
-    const int pwi = i % PW;
-    const int phi = (i / PW) % PH;
-    const int plane = i / (PW * PH);
-    int hs = phi * sh - ph;
-    int ws = pwi * sw - pw;
+_AVE_FORWARD = r"""
     int he = min(hs + kh, H + ph);
     int we = min(ws + kw, W + pw);
     const int size = (he - hs) * (we - ws);
@@ -79,7 +87,9 @@ extern "C" __global__ void ave_pool_forward(const real* x, int total, int H, int
     y[i] = s / (real)size;
   }
 }
+"""
 
+_AVE_BACKWARD = r"""
 extern "C" __global__ void ave_pool_backward(const real* dy, int total, int H, int W, int PH,
                                              int PW, int kh, int kw, int sh, int sw, int ph,
                                              int pw, real* dx) {
@@ -106,6 +116,11 @@ extern "C" __global__ void ave_pool_backward(const real* dy, int total, int H, i
   }
 }
 """
+
+RAW_SOURCES["pooling"] = (_forward_kernel("max_pool_forward", ", int* mask", _MAX_FORWARD) +
+                          _MAX_BACKWARD +
+                          _forward_kernel("ave_pool_forward", "", _AVE_FORWARD) +
+                          _AVE_BACKWARD)
 
 
 def _dims(x3, y3, geometry):

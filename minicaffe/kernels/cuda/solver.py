@@ -14,39 +14,39 @@ from . import ELEMENTWISE_SOURCES, elementwise
 _GRAD = ("{T} grad = g * iscale; "
          "grad += l1 ? decay * (({T})(w > 0) - ({T})(w < 0)) : decay * w; ")
 _SCALARS = "{T} iscale, {T} decay, int32 l1, {T} lr, {T} momentum, {T} m2, {T} delta"
+_ONE_HISTORY = "{T} g, {T} w, {T} h"
+_TWO_HISTORIES = "{T} g, {T} w, {T} h, {T} h2"
 
-ELEMENTWISE_SOURCES["sgd_update"] = (
-    _SCALARS, "{T} g, {T} w, {T} h",
-    _GRAD + "h = momentum * h + lr * grad; g = h; w -= g;")
 
-ELEMENTWISE_SOURCES["nesterov_update"] = (
-    _SCALARS, "{T} g, {T} w, {T} h",
-    _GRAD + "{T} prev = h; h = momentum * h + lr * grad; "
-    "g = ({T})(1 + momentum) * h - momentum * prev; w -= g;")
+def _update(kind, arrays, rule):
+    """Register ``kind``'s update: ``_GRAD``, then ``rule`` on the ``arrays``."""
+    ELEMENTWISE_SOURCES[kind + "_update"] = (_SCALARS, arrays, _GRAD + rule)
 
-ELEMENTWISE_SOURCES["adagrad_update"] = (
-    _SCALARS, "{T} g, {T} w, {T} h",
-    _GRAD + "h += grad * grad; g = grad / (sqrt(h) + delta) * lr; w -= g;")
 
-ELEMENTWISE_SOURCES["rmsprop_update"] = (
-    _SCALARS, "{T} g, {T} w, {T} h",
-    _GRAD + "h = m2 * h + ({T})(1 - m2) * (grad * grad); "
-    "g = grad / (sqrt(h) + delta) * lr; w -= g;")
+_update("sgd", _ONE_HISTORY, "h = momentum * h + lr * grad; g = h; w -= g;")
+
+_update("nesterov", _ONE_HISTORY,
+        "{T} prev = h; h = momentum * h + lr * grad; "
+        "g = ({T})(1 + momentum) * h - momentum * prev; w -= g;")
+
+_update("adagrad", _ONE_HISTORY, "h += grad * grad; g = grad / (sqrt(h) + delta) * lr; w -= g;")
+
+_update("rmsprop", _ONE_HISTORY,
+        "h = m2 * h + ({T})(1 - m2) * (grad * grad); "
+        "g = grad / (sqrt(h) + delta) * lr; w -= g;")
 
 # AdaDelta: h = squared-gradient average, h2 = squared-update average (momentum = decay).
-ELEMENTWISE_SOURCES["adadelta_update"] = (
-    _SCALARS, "{T} g, {T} w, {T} h, {T} h2",
-    _GRAD + "h = momentum * h + ({T})(1 - momentum) * (grad * grad); "
-    "grad *= sqrt((h2 + delta) / (h + delta)); "
-    "h2 = momentum * h2 + ({T})(1 - momentum) * (grad * grad); "
-    "g = grad * lr; w -= g;")
+_update("adadelta", _TWO_HISTORIES,
+        "h = momentum * h + ({T})(1 - momentum) * (grad * grad); "
+        "grad *= sqrt((h2 + delta) / (h + delta)); "
+        "h2 = momentum * h2 + ({T})(1 - momentum) * (grad * grad); "
+        "g = grad * lr; w -= g;")
 
 # Adam: h = first moment, h2 = second moment; lr already holds the bias correction.
-ELEMENTWISE_SOURCES["adam_update"] = (
-    _SCALARS, "{T} g, {T} w, {T} h, {T} h2",
-    _GRAD + "h = momentum * h + ({T})(1 - momentum) * grad; "
-    "h2 = m2 * h2 + ({T})(1 - m2) * (grad * grad); "
-    "g = h / (sqrt(h2) + delta) * lr; w -= g;")
+_update("adam", _TWO_HISTORIES,
+        "h = momentum * h + ({T})(1 - momentum) * grad; "
+        "h2 = m2 * h2 + ({T})(1 - m2) * (grad * grad); "
+        "g = h / (sqrt(h2) + delta) * lr; w -= g;")
 
 KINDS = ("sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam")
 

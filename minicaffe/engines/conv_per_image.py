@@ -1,12 +1,12 @@
 """Convolution on NumPy arrays one image at a time, the images split over the cores.
 
-Each thread of ``cpu_threads.run`` takes its own images; per image and group it builds the
-columns with the serial kernel ``kernels.cpu_im2col.image_columns`` (under 1 MB for the
-example's layers, so they stay in the core's cache) and multiplies them with single-threaded
-BLAS straight into the NCHW output. Same products as the whole-batch path in ``conv.py``
-(see its docstring for the column layout, the flipped-kernel image gradient and the weight
-gradient taken from the flipped columns), only cut per image: no batch-sized column buffer,
-no output transposes, and nothing kept from forward to backward.
+Each thread of ``engines.cpu_threads.run`` takes its own images; per image and group it
+builds the columns with the serial kernel ``kernels.cpu_im2col.image_columns`` (under 1 MB for
+the example's layers, so they stay in the core's cache) and multiplies them with
+single-threaded BLAS straight into the NCHW output. Same products as the Convolution layer's
+whole-batch path (see its docstring for the column layout, the flipped-kernel image gradient
+and the weight gradient taken from the flipped columns), only cut per image: no batch-sized
+column buffer, no output transposes, and nothing kept from forward to backward.
 
 Used for Convolution on NumPy arrays when the numba kernels are on and BLAS's threads can be
 held to one (threadpoolctl); the whole-batch path serves CuPy, Deconvolution and the rest.
@@ -14,8 +14,8 @@ Strided convolutions take their image gradient from the whole-batch path (col2im
 """
 import numpy as np
 
-from .. import cpu_threads
-from .. import im2col as cols
+from . import cpu_threads
+from ..kernels import array_im2col as cols
 from ..kernels import cpu
 
 # Images per work item. The weight gradient is summed per item, then over the items in order,

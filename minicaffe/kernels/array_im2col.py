@@ -16,12 +16,16 @@ output positions whose window sample at that offset falls inside the image, as a
 slices into the output and the matching strided slices into the input. Pooling forward and
 backward are written as loops over these kh*kw offsets only; each step is one
 vectorised operation over the whole batch.
+
+This is the array-module (NumPy/CuPy) im2col; ``im2col_nchw``, ``im2col`` and ``col2im`` hand
+over to the compiled family where there is one: numba's ``kernels/cpu_im2col.py`` on NumPy,
+CUDA's ``kernels/cuda/im2col.py`` on CuPy.
 """
 import threading
 
 import numpy as np
 
-from . import backend, kernels
+from .. import backend, kernels
 
 FLT_MAX = float(np.finfo(np.float32).max)   # Caffe's initial value for max pooling
 
