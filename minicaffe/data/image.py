@@ -56,39 +56,39 @@ def _to_chw(img, color, what):
     return np.ascontiguousarray(a[order])
 
 
-def decode_image(data, color=None, what="encoded image"):
-    """Decode PNG/JPEG/... bytes into a (C, H, W) uint8 BGR array (see module doc for ``color``)."""
+def _load_chw(open_image, color, what, prefix, unknown_format):
+    """(C, H, W) uint8 BGR from the PIL image ``open_image(Image)`` opens; any failure becomes
+    one MiniCaffeError starting with ``prefix`` (``unknown_format`` when PIL knows no format)."""
     Image = _pil()
     try:
-        with Image.open(io.BytesIO(bytes(data))) as img:
+        with open_image(Image) as img:
             img.load()
             return _to_chw(img, color, what)
     except MiniCaffeError:
         raise
     except Image.UnidentifiedImageError:
-        raise MiniCaffeError(f"could not decode {what} ({len(data)} bytes): not an image of a "
-                             f"known format, starting {bytes(data[:8]).hex(' ')}") from None
+        raise MiniCaffeError(unknown_format) from None
     except Exception as e:
-        raise MiniCaffeError(f"could not decode {what} ({len(data)} bytes): {e}") from None
+        raise MiniCaffeError(f"{prefix}: {e}") from None
+
+
+def decode_image(data, color=None, what="encoded image"):
+    """Decode PNG/JPEG/... bytes into a (C, H, W) uint8 BGR array (see module doc for ``color``)."""
+    prefix = f"could not decode {what} ({len(data)} bytes)"
+    return _load_chw(lambda Image: Image.open(io.BytesIO(bytes(data))), color, what, prefix,
+                     f"{prefix}: not an image of a known format, starting "
+                     f"{bytes(data[:8]).hex(' ')}")
 
 
 def read_image(path, height=0, width=0, is_color=True):
     """Caffe's ReadImageToCVMat: an image file as (C, H, W) uint8 BGR, resized if both sizes > 0."""
-    Image = _pil()
+    prefix = f"could not load image {path}"
     if not os.path.isfile(path):
-        what = "is a directory" if os.path.isdir(path) else "no such file"
-        raise MiniCaffeError(f"could not load image {path}: {what}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            arr = _to_chw(img, bool(is_color), path)
-    except MiniCaffeError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise MiniCaffeError(f"could not load image {path}: not an image file of a known "
-                             f"format ({os.path.getsize(path)} bytes)") from None
-    except Exception as e:
-        raise MiniCaffeError(f"could not load image {path}: {e}") from None
+        raise MiniCaffeError(f"{prefix}: " + ("is a directory" if os.path.isdir(path) else
+                                              "no such file"))
+    arr = _load_chw(lambda Image: Image.open(path), bool(is_color), path, prefix,
+                    f"{prefix}: not an image file of a known format "
+                    f"({os.path.getsize(path)} bytes)")
     if height > 0 and width > 0:
         arr = resize_bilinear(arr, height, width)
     return arr
