@@ -27,12 +27,11 @@ needs_onednn = pytest.mark.skipif(not library.available(),
 
 @pytest.fixture(autouse=True)
 def _fresh_selection(monkeypatch):
-    monkeypatch.delenv(selection.POOL_ENV_VAR, raising=False)
-    monkeypatch.delenv(library.ENV_VAR, raising=False)
+    for var in (selection.POOL_ENV_VAR, library.ENV_VAR):
+        monkeypatch.delenv(var, raising=False)
     selection.reset()
     yield
-    monkeypatch.delenv(library.ENV_VAR, raising=False)
-    selection.reset()
+    selection.reset()     # the next load reads the environment monkeypatch restores
 
 
 def pool_param(method=P.AVE, kernel=(3, 3), stride=(2, 2), pad=(0, 0), global_pooling=False,
