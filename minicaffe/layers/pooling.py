@@ -19,12 +19,18 @@ outputs whose window samples it. MAX forward only takes running maxima (one ``fm
 offset); the winning pixels are found again from the bottom and a kept copy of the output when
 backward (or the mask top) needs them, scanning the offsets in order so that ties go to the
 first pixel.
+
+On NumPy float32 blobs, AVE pooling on small planes runs on oneDNN instead when
+``engines.selection`` picks it (the default where the library loads) and
+``engines/onednn/pool_layer.py`` finds it the faster engine there.
 """
 import numpy as np
 
 from ..kernels import array_im2col as win
 from .. import kernels
 from ..backend import get_array_module
+from ..engines import selection
+from ..engines.onednn.pool_layer import PoolLayerEngine
 from ..errors import ShapeError
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -92,6 +98,7 @@ class PoolingLayer(Layer):
         self._tmp = win.Scratch()      # float work array
         self._argmax = win.Scratch()   # MAX with kernels: int32 winner of each output
         self._key = None
+        self.engine = None             # a PoolLayerEngine when oneDNN serves the layer
 
     def reshape(self, bottom, top):
         x = bottom[0]
@@ -140,6 +147,17 @@ class PoolingLayer(Layer):
             self.pool_size = xp.asarray(self._pool_size(h, w), dtype=dtype)
             base, offset = self._mask_tables(w)
             self.mask_base, self.mask_offset = xp.asarray(base, dtype=dtype), offset.tolist()
+        self._choose_engine(x)
+
+    def _choose_engine(self, x):
+        """oneDNN when ``engines.selection`` picks it and it takes (and wins) this input."""
+        if self.method == P.STOCHASTIC or \
+                selection.pooling_engine(self.layer_param, x.xp, x.dtype) != selection.ONEDNN:
+            self.engine = None
+            return
+        self.engine = self.engine or PoolLayerEngine(self)
+        if not self.engine.reshape(x.shape):
+            self.engine = None
 
     def _array_buffers(self, xp, out_shape, dtype):
         """Work arrays of the offset-loop (array) path."""
@@ -169,6 +187,8 @@ class PoolingLayer(Layer):
         x, y = bottom[0].xdata, top[0].xdata
         if self.method == P.STOCHASTIC:
             self.stochastic.forward(x, y, self.offsets, self.phase == caffe_pb2.TRAIN)
+        elif self.engine is not None:
+            self.engine.forward(x, y)
         elif self.method == P.MAX:
             self._forward_max(x, y, top[1].xdata if len(top) > 1 else None)
         else:
@@ -242,6 +262,9 @@ class PoolingLayer(Layer):
             if self.phase != caffe_pb2.TRAIN:
                 self.fail("STOCHASTIC pooling has no backward in the TEST phase")
             self.stochastic.backward(dy, dx, self.offsets)
+            return
+        if self.engine is not None:
+            self.engine.backward(dy, dx)
             return
         if self.fast is not None:
             if self.method == P.MAX:
