@@ -16,10 +16,13 @@ def _cpu_mode_and_seed():
 
 @pytest.fixture(params=["compiled", "array"])
 def kernel_path(request, monkeypatch):
-    """Runs a test on both CPU paths: numba kernels and the NumPy/CuPy array code
-    (``pytestmark = pytest.mark.usefixtures("kernel_path")`` in a module)."""
+    """Runs a test on both CPU reference paths: numba kernels and the NumPy/CuPy array code,
+    with the oneDNN engines off (``pytestmark = pytest.mark.usefixtures("kernel_path")`` in a module)."""
     from minicaffe.kernels import cpu
     if request.param == "compiled" and cpu.load("pooling") is None:
         pytest.skip("numba is not installed")
     monkeypatch.setattr(cpu, "enabled", request.param == "compiled")
+    # These are the reference paths; the oneDNN engines have their own tests against them.
+    monkeypatch.setenv("MINICAFFE_CONV_ENGINE", "caffe")
+    monkeypatch.setenv("MINICAFFE_POOL_ENGINE", "caffe")
     return request.param

@@ -12,6 +12,7 @@ import pytest
 
 from minicaffe.blob import Blob
 from minicaffe.engines import selection
+from minicaffe.errors import MiniCaffeError
 from minicaffe.engines.onednn import library
 from minicaffe.engines.onednn.conv_layer import ConvLayerEngine
 from minicaffe.io.prototxt import parse_text
@@ -184,7 +185,7 @@ def test_float64_blobs_take_the_reference_path():
 
 def test_bad_environment_value_is_an_error(monkeypatch):
     monkeypatch.setenv(selection.ENV_VAR, "mkl")
-    with pytest.raises(ValueError, match=selection.ENV_VAR):
+    with pytest.raises(MiniCaffeError, match=selection.ENV_VAR):
         _engine_of(conv_param())
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from minicaffe.blob import Blob
 from minicaffe.engines import selection
+from minicaffe.errors import MiniCaffeError
 from minicaffe.engines.onednn import library
 from minicaffe.engines.onednn.pool_layer import PoolLayerEngine
 from minicaffe.engines.onednn.pooling import AveragePooling
@@ -209,7 +210,7 @@ def test_float64_and_bad_environment(monkeypatch):
     lp = pool_param()
     assert selection.pooling_engine(lp, np, np.float64) == selection.REFERENCE
     monkeypatch.setenv(selection.POOL_ENV_VAR, "onednn")
-    with pytest.raises(ValueError, match=selection.POOL_ENV_VAR):
+    with pytest.raises(MiniCaffeError, match=selection.POOL_ENV_VAR):
         selection.pooling_engine(lp, np, np.float32)
 
 

@@ -23,6 +23,7 @@ import threading
 
 import numpy as np
 
+from ..errors import MiniCaffeError
 from ..proto import caffe_pb2
 from .onednn import library
 
@@ -38,10 +39,10 @@ _lock = threading.Lock()
 
 
 def env_choice(var=ENV_VAR, choices=CHOICES):
-    """``$var`` in lower case (``auto`` when unset); ValueError when not one of ``choices``."""
+    """``$var`` in lower case (``auto`` when unset); MiniCaffeError when not one of ``choices``."""
     value = os.environ.get(var, "auto").strip().lower() or "auto"
     if value not in choices:
-        raise ValueError(f"{var}={value!r}: expected one of {', '.join(choices)}")
+        raise MiniCaffeError(f"{var}={value!r}: expected one of {', '.join(choices)}")
     return value
 
 
