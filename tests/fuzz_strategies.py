@@ -183,14 +183,56 @@ def _new_value(draw, field):
     return None
 
 
+_WIRING = {"name", "bottom", "top", "type"}
+
+
+def _settable(desc):
+    """The scalar (non-message) fields of message type ``desc``."""
+    return [f for f in desc.fields if f.cpp_type != _fd.FieldDescriptor.CPPTYPE_MESSAGE]
+
+
+def _set_param(draw, net):
+    """Set one scalar field (set or not yet) of a layer's *_param message, or of a message
+    nested in it (a shape, a filler), to a value that breaks things."""
+    if not len(net.layer):
+        return
+    lp = net.layer[draw(st.integers(0, len(net.layer) - 1))]
+    own = [f for f, _ in lp.ListFields() if f.cpp_type == _fd.FieldDescriptor.CPPTYPE_MESSAGE
+           and f.name.endswith("_param")]
+    extra = ["loss_param", "convolution_param", "pooling_param", "inner_product_param"]
+    name = draw(st.sampled_from([f.name for f in own] * 3 + extra))
+    msg = getattr(lp, name)
+    nested = [f for f, _ in msg.ListFields() if f.cpp_type == _fd.FieldDescriptor.CPPTYPE_MESSAGE]
+    if nested and draw(st.booleans()):
+        f = draw(st.sampled_from(nested))
+        msg = getattr(msg, f.name)
+        if f.is_repeated:
+            msg = msg[draw(st.integers(0, len(msg) - 1))]
+    fields = _settable(msg.DESCRIPTOR)
+    if not fields:
+        return
+    field = draw(st.sampled_from(fields))
+    value = _new_value(draw, field)
+    if field.is_repeated:
+        items = getattr(msg, field.name)
+        if len(items) and draw(st.booleans()):
+            items[draw(st.integers(0, len(items) - 1))] = value
+        else:
+            items.append(value)
+    else:
+        setattr(msg, field.name, value)
+
+
 def _mutate_once(draw, net):
     """One random edit of ``net`` in place (which edit is drawn)."""
-    fields = _set_fields(net)
-    ops = ["number", "number", "drop", "duplicate"]
+    fields = [x for x in _set_fields(net) if x[1].name not in _WIRING]
+    ops = ["number", "drop", "duplicate"]
     if isinstance(net, caffe_pb2.NetParameter):
-        ops += ["layer", "bottom", "type"]
+        ops += ["param"] * 6 + ["layer", "bottom", "type"]
     op = draw(st.sampled_from(ops))
-    if op in ("number", "drop", "duplicate") and fields:
+    if op == "param":
+        _set_param(draw, net)
+    elif op in ("number", "drop", "duplicate") and fields:
         msg, field, index = draw(st.sampled_from(fields))
         if op == "number":
             value = _new_value(draw, field)

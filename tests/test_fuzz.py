@@ -83,11 +83,14 @@ KNOWN_ELSEWHERE = [
 
 
 def _origin(error):
-    """The file of the innermost Python frame that raised ``error``."""
-    tb = error.__traceback__
-    while tb.tb_next is not None:
+    """The file of the innermost minicaffe frame that ``error`` passed through."""
+    tb, origin = error.__traceback__, ""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if f"{os.sep}minicaffe{os.sep}" in name:
+            origin = name
         tb = tb.tb_next
-    return tb.tb_frame.f_code.co_filename
+    return origin
 
 
 def _known_elsewhere(error, strict_memory):

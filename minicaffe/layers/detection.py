@@ -58,7 +58,7 @@ class NormalizeLayer(Layer):
 
     def _views(self, bottom):
         x = bottom[0].xdata
-        return x.reshape(x.shape[0], x.shape[1], -1)
+        return x.reshape(x.shape[0], x.shape[1], bottom[0].count_range(2))   # not -1: N may be 0
 
     def _scale(self, x3):
         s = self.blobs[0].xdata
@@ -156,11 +156,14 @@ class PriorBoxLayer(Layer):
         p = self.layer_param.prior_box_param
         if not len(p.min_size):
             self.fail("must provide min_size")
-        if any(s <= 0 for s in p.min_size):
-            self.fail("min_size must be positive")
+        # not (0 < s < inf) also catches NaN, which int() below cannot take
+        if any(not 0 < s < math.inf for s in p.min_size):
+            self.fail(f"min_size must be positive and finite, got {list(p.min_size)}")
         # SSD keeps the sizes in ints when it builds the boxes.
         self.min_sizes = [int(s) for s in p.min_size]
         ratios = [1.0]
+        if any(not 0 < ar < math.inf for ar in p.aspect_ratio):
+            self.fail(f"aspect_ratio must be positive and finite, got {list(p.aspect_ratio)}")
         for ar in p.aspect_ratio:
             if any(abs(ar - r) < 1e-6 for r in ratios):
                 continue
@@ -173,8 +176,8 @@ class PriorBoxLayer(Layer):
             if len(p.max_size) != len(p.min_size):
                 self.fail("give as many max_size as min_size values")
             for lo, hi in zip(p.min_size, p.max_size):
-                if hi <= lo:
-                    self.fail("max_size must be greater than min_size")
+                if not lo < hi < math.inf:
+                    self.fail("max_size must be greater than min_size, and finite")
             self.max_sizes = [int(s) for s in p.max_size]
         self.num_priors = len(ratios) * len(self.min_sizes) + len(self.max_sizes)
         var = list(p.variance)
