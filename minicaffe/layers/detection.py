@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from .box_decoding import decode_boxes, nms_fast
@@ -210,6 +211,8 @@ class PriorBoxLayer(Layer):
 
     def forward(self, bottom, top):
         fh, fw = bottom[0].height, bottom[0].width
+        if fh * fw == 0:
+            return      # no cells, an empty top (Caffe's loops run zero times)
         img_h, img_w = self.img_hw
         if img_h == 0 or img_w == 0:
             img_h, img_w = bottom[1].height, bottom[1].width
@@ -272,6 +275,10 @@ class DetectionOutputLayer(Layer):
             self.fail("Number of priors must match number of location predictions.")
         if self.num_priors * self.num_classes != bottom[1].count_range(1):
             self.fail("Number of priors must match number of confidence predictions.")
+        if bottom[2].count < 2 * self.num_priors * 4:
+            self.fail(f"the prior bottom holds {bottom[2].count} values; {self.num_priors} "
+                      f"priors need {2 * self.num_priors * 4} (boxes, then variances)",
+                      ShapeError)
         top[0].reshape((1, 1, 1, 7))
 
     def forward(self, bottom, top):
