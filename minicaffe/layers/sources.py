@@ -66,8 +66,6 @@ class DummyDataLayer(DataSourceLayer):
         p = self.layer_param.dummy_data_param
         n = len(top)
         legacy = self._legacy_shapes(p, n)
-        if legacy is not None and len(p.shape):
-            self.fail("Both shape and legacy fields were specified")
         shapes = _shapes(n, p.shape, legacy)
         if len(shapes) != n:
             self.fail(f"Must specify 'shape' once, or once per top blob ({n}); specified "
@@ -89,6 +87,8 @@ class DummyDataLayer(DataSourceLayer):
         fields = ("num", "channels", "height", "width")
         if not any(len(getattr(p, f)) for f in fields):
             return None
+        if len(p.shape):
+            self.fail("Both shape and legacy fields were specified")
         for f in fields:
             k = len(getattr(p, f))
             if k not in (1, n):
