@@ -22,8 +22,10 @@ import signal
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis")     # in the [test] extra
+from hypothesis import HealthCheck, given, note, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import minicaffe
 from minicaffe.errors import MiniCaffeError
@@ -273,35 +275,22 @@ def real_files(tmp_path_factory):
     return dict(dir=d, net=net, solver=solver, originals=originals)
 
 
-def _damaged_file(real_files, kind, data):
+LOADERS = {
+    "caffemodel": lambda files, path: files["net"].copy_from(path),
+    "solverstate": lambda files, path: files["solver"].restore(path),
+    "mean": lambda files, path: read_mean(path),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+@fuzz_settings(1.5)
+@given(data=st.data())
+def test_damaged_binary_files_load_or_fail_cleanly(real_files, kind, data):
+    blob = data.draw(damaged_bytes(real_files["originals"][kind]), label="bytes")
     path = str(real_files["dir"] / f"damaged.{kind}")
     with open(path, "wb") as f:
-        f.write(data)
-    return path
-
-
-@fuzz_settings(1.5)
-@given(data=st.data())
-def test_damaged_caffemodel_loads_or_fails_cleanly(real_files, data):
-    blob = data.draw(damaged_bytes(real_files["originals"]["caffemodel"]), label="bytes")
-    path = _damaged_file(real_files, "caffemodel", blob)
-    expect_documented(lambda: real_files["net"].copy_from(path), "copy_from(damaged)")
-
-
-@fuzz_settings(1.5)
-@given(data=st.data())
-def test_damaged_solverstate_restores_or_fails_cleanly(real_files, data):
-    blob = data.draw(damaged_bytes(real_files["originals"]["solverstate"]), label="bytes")
-    path = _damaged_file(real_files, "solverstate", blob)
-    expect_documented(lambda: real_files["solver"].restore(path), "restore(damaged)")
-
-
-@fuzz_settings(1.5)
-@given(data=st.data())
-def test_damaged_mean_reads_or_fails_cleanly(real_files, data):
-    blob = data.draw(damaged_bytes(real_files["originals"]["mean"]), label="bytes")
-    path = _damaged_file(real_files, "binaryproto", blob)
-    expect_documented(lambda: read_mean(path), "read_mean(damaged)")
+        f.write(blob)
+    expect_documented(lambda: LOADERS[kind](real_files, path), f"{kind} damaged")
 
 
 def test_fuzz_harness_flags_a_raw_error_and_a_hang():

@@ -13,8 +13,6 @@ import minicaffe
 from minicaffe.data import db as dbm
 from minicaffe.proto import caffe_pb2
 
-from fuzz_strategies import net_from_text
-
 # Past the warm-up, the traced heap may wander by this much (buffers sized to a batch are
 # made once; what grows per iteration shows up as a trend far above it).
 HEAP_TOLERANCE = 256 << 10
@@ -104,11 +102,12 @@ def write_tiny_lmdb(path, n=5):
 
 def test_lmdb_data_layer_prefetch_keeps_memory_flat(tmp_path):
     src = write_tiny_lmdb(tmp_path / "db")
-    net = minicaffe.Net(net_from_text(f"""
+    net = minicaffe.Net(text_format.Parse(f"""
         layer {{ name: "d" type: "Data" top: "data" top: "label"
           transform_param {{ scale: 0.5 mirror: true crop_size: 3 }}
           data_param {{ source: "{src}" batch_size: 2 backend: LMDB prefetch: 3 }} }}
-        layer {{ name: "s" type: "Silence" bottom: "data" bottom: "label" }}"""),
+        layer {{ name: "s" type: "Silence" bottom: "data" bottom: "label" }}""",
+        caffe_pb2.NetParameter()),
         minicaffe.TRAIN)
     seen = set()
 
