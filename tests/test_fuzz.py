@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis")     # in the [test] extra
-from hypothesis import HealthCheck, given, note, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import minicaffe
@@ -38,7 +38,9 @@ from fuzz_strategies import (SEED_LAYERS, SEED_SOLVER, damaged_bytes, huge_shape
 # NaN and inf are what bad numbers make (as in Caffe); the property is about exceptions.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
+# No "explain" phase: it only annotates a failure, and imports libcst (warnings) to do it.
 _common = dict(deadline=None, database=None, print_blob=True,
+               phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                       HealthCheck.filter_too_much])
 settings.register_profile("ci", max_examples=100, derandomize=True, **_common)
@@ -54,6 +56,9 @@ def fuzz_settings(share=1.0):
 
 
 DEADLINE_S = 10         # per example; a busy CI machine is slow, a hang is forever
+# Address space an example may map beyond what the process has (RLIMIT_AS): a shape that
+# overcommits would otherwise grow until the OOM killer ends the run.
+MEMORY_CAP = 2 << 30
 # Python errors that a bad parameter must never surface as (nor as the cause of a wrapper).
 RAW_ERRORS = (IndexError, ValueError, TypeError, KeyError, ZeroDivisionError, AttributeError,
               OverflowError, AssertionError, RuntimeError, MemoryError)
@@ -108,7 +113,9 @@ def expect_documented(action, what, seconds=DEADLINE_S, strict_memory=False):
     """Run ``action``; fail unless it succeeds or raises a MiniCaffeError of its own making
     (or one of KNOWN_ELSEWHERE). ``strict_memory``: a MemoryError from Blob is re-raised."""
     try:
-        with deadline(seconds):
+        # Capped and timed only while minicaffe runs: a MemoryError or the alarm inside
+        # hypothesis's own code could leave its locks held.
+        with address_space_cap(MEMORY_CAP), deadline(seconds):
             action()
     except Hang as e:
         pytest.fail(f"{what}: {e}")
@@ -124,13 +131,6 @@ def expect_documented(action, what, seconds=DEADLINE_S, strict_memory=False):
     except Exception as e:
         if not _known_elsewhere(e, strict_memory):
             pytest.fail(f"{what}: raised {type(e).__name__}: {e}")
-
-
-@pytest.fixture(autouse=True)
-def _capped_memory():
-    # A shape that overcommits would otherwise grow until the OOM killer ends the run.
-    with address_space_cap(2 << 30):
-        yield
 
 
 @pytest.fixture(autouse=True)
