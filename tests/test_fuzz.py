@@ -36,7 +36,10 @@ from fuzz_strategies import (SEED_LAYERS, SEED_SOLVER, damaged_bytes, huge_shape
                              net_from_text, prototxt_text, seed_net, solver_from_text)
 
 # NaN and inf are what bad numbers make (as in Caffe); the property is about exceptions.
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+# Hypothesis loads libcst to print a failure (the expected huge-shape one), which warns.
+pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+              pytest.mark.filterwarnings(
+                  "ignore::DeprecationWarning:libcst.metadata.type_inference_provider")]
 
 # No "explain" phase: it only annotates a failure, and imports libcst (warnings) to do it.
 _common = dict(deadline=None, database=None, print_blob=True,
