@@ -250,6 +250,11 @@ class DetectionOutputLayer(Layer):
         self.share_location = bool(p.share_location)
         self.num_loc_classes = 1 if self.share_location else self.num_classes
         self.background = int(p.background_label_id)
+        if self.share_location and self.background == -1:
+            # The shared predictions carry label -1 and are skipped as "background"; SSD
+            # stops at its first lookup, as here, only earlier.
+            self.fail("Could not find location predictions for label -1 (share_location "
+                      "with background_label_id -1)")
         self.code_type = p.code_type
         self.variance_in_target = bool(p.variance_encoded_in_target)
         self.keep_top_k = int(p.keep_top_k)
