@@ -127,7 +127,8 @@ class TanHLayer(NeuronLayer):
         bottom[0].xp.tanh(bottom[0].xdata, out=top[0].xdata)
 
     def derivative(self, xp, bottom, top):
-        g = xp.square(top[0].xdata)
+        y = top[0].xdata
+        g = xp.square(y, out=xp.empty_like(y))   # out=: a 0-axis y would give a scalar
         xp.subtract(1.0, g, out=g)
         return g
 
@@ -142,7 +143,7 @@ class ELULayer(NeuronLayer):
     def forward(self, bottom, top):
         xp = bottom[0].xp
         x, y = bottom[0].xdata, top[0].xdata
-        neg = xp.minimum(x, 0)
+        neg = xp.minimum(x, 0, out=xp.empty_like(x))   # out=: 0-axis x would give a scalar
         xp.expm1(neg, out=neg)
         neg *= self.alpha
         xp.maximum(x, 0, out=y)
@@ -178,7 +179,7 @@ class BNLLLayer(NeuronLayer):
         xp = bottom[0].xp
         x = self._forward_input(bottom, top)
         y = top[0].xdata
-        t = xp.abs(x)
+        t = xp.abs(x, out=xp.empty_like(x))   # out=: a 0-axis x would give a scalar
         xp.negative(t, out=t)
         xp.exp(t, out=t)
         xp.log1p(t, out=t)            # log(1 + exp(-|x|))

@@ -38,8 +38,9 @@ class Broadcast:
             self._bufs = xp.empty((slots, dim, inner), dtype=self.dtype)
         else:
             self.mode, self.shape = "bcast", (outer, dim, inner)
-        self._ones_inner = xp.ones(inner, dtype=self.dtype) if inner > 1 else None
-        self._ones_outer = xp.ones(outer, dtype=self.dtype) if outer > 1 else None
+        # != 1, not > 1: an empty batch (0) sums through a ones(0) product to zeros
+        self._ones_inner = xp.ones(inner, dtype=self.dtype) if inner != 1 else None
+        self._ones_outer = xp.ones(outer, dtype=self.dtype) if outer != 1 else None
 
     def view(self, a):
         """``a`` (any shape of the right count) as the array this object broadcasts against."""
@@ -63,7 +64,7 @@ class Broadcast:
         outer, dim, inner = self.outer, self.dim, self.inner
         if inner == 1:
             a2 = a.reshape(outer, dim)
-            return self._ones_outer @ a2 if outer > 1 else a2[0].copy()
+            return self._ones_outer @ a2 if outer != 1 else a2[0].copy()
         rows = outer * dim
         if rows == 1:
             return a.reshape(1, inner).sum(axis=1)

@@ -168,7 +168,7 @@ class _ConvolutionBase(Layer):
         g, kh, kw = self.group, self.kernel[0], self.kernel[1]
         wk = self._wk.get(xp, (g, self.cg_out, kh, kw, self.cg_in), w.dtype)
         wk[...] = w.reshape(g, self.cg_out, self.cg_in, kh, kw).transpose(0, 1, 3, 4, 2)
-        return wk.reshape(g, self.cg_out, -1)
+        return wk.reshape(g, self.cg_out, kh * kw * self.cg_in)
 
     def _weights_flipped(self, xp):
         """W' as (G, Ci/G, kh*kw*Co/G): W'[c, (i, j, o)] = W[o, c, kh-1-i, kw-1-j]."""
@@ -177,7 +177,7 @@ class _ConvolutionBase(Layer):
         wf = self._wf.get(xp, (g, self.cg_in, kh, kw, self.cg_out), w.dtype)
         wf[...] = w.reshape(g, self.cg_out, self.cg_in, kh, kw)[:, :, :, ::-1, ::-1] \
             .transpose(0, 2, 3, 4, 1)
-        return wf.reshape(g, self.cg_in, -1)
+        return wf.reshape(g, self.cg_in, kh * kw * self.cg_out)
 
     def _col_buffer(self, xp, n, length, channels, dtype, own):
         shape = (self.group, n * length, self.kernel[0] * self.kernel[1] * channels)
@@ -298,10 +298,15 @@ class _ConvolutionBase(Layer):
             if want_w or propagate_down[i]:
                 self._backward_pair(i, top[i], bottom[i], want_w, propagate_down[i])
 
+    def _top_spatial(self):
+        """H*W of a top: spelt out, as -1 cannot be inferred for an empty batch."""
+        return self.out_hw[0] * self.out_hw[1]
+
     def _accumulate_bias_diff(self, diff):
         """db += the top diff summed over batch and space."""
         if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].xdiff[...] += diff.reshape(self.num, self.num_output, -1).sum(axis=(0, 2))
+            d3 = diff.reshape(self.num, self.num_output, self._top_spatial())
+            self.blobs[1].xdiff[...] += d3.sum(axis=(0, 2))
 
 
 @register("Convolution")
@@ -397,7 +402,7 @@ class DeconvolutionLayer(_ConvolutionBase):
             for s in self._chunks(self.img_chunk):
                 self._image_from_response(x[s], y[s])
             if self.bias_term:
-                t3 = t.xdata.reshape(self.num, self.num_output, -1)
+                t3 = t.xdata.reshape(self.num, self.num_output, self._top_spatial())
                 t3 += self.blobs[1].xdata.reshape(1, -1, 1)
 
     def _backward_pair(self, i, top, bottom, want_w, want_x):

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from .box_decoding import decode_boxes, nms_fast
@@ -58,7 +59,7 @@ class NormalizeLayer(Layer):
 
     def _views(self, bottom):
         x = bottom[0].xdata
-        return x.reshape(x.shape[0], x.shape[1], -1)
+        return x.reshape(x.shape[0], x.shape[1], bottom[0].count_range(2))   # not -1: N may be 0
 
     def _scale(self, x3):
         s = self.blobs[0].xdata
@@ -156,11 +157,14 @@ class PriorBoxLayer(Layer):
         p = self.layer_param.prior_box_param
         if not len(p.min_size):
             self.fail("must provide min_size")
-        if any(s <= 0 for s in p.min_size):
-            self.fail("min_size must be positive")
+        # not (0 < s < inf) also catches NaN, which int() below cannot take
+        if any(not 0 < s < math.inf for s in p.min_size):
+            self.fail(f"min_size must be positive and finite, got {list(p.min_size)}")
         # SSD keeps the sizes in ints when it builds the boxes.
         self.min_sizes = [int(s) for s in p.min_size]
         ratios = [1.0]
+        if any(not 0 < ar < math.inf for ar in p.aspect_ratio):
+            self.fail(f"aspect_ratio must be positive and finite, got {list(p.aspect_ratio)}")
         for ar in p.aspect_ratio:
             if any(abs(ar - r) < 1e-6 for r in ratios):
                 continue
@@ -173,8 +177,8 @@ class PriorBoxLayer(Layer):
             if len(p.max_size) != len(p.min_size):
                 self.fail("give as many max_size as min_size values")
             for lo, hi in zip(p.min_size, p.max_size):
-                if hi <= lo:
-                    self.fail("max_size must be greater than min_size")
+                if not lo < hi < math.inf:
+                    self.fail("max_size must be greater than min_size, and finite")
             self.max_sizes = [int(s) for s in p.max_size]
         self.num_priors = len(ratios) * len(self.min_sizes) + len(self.max_sizes)
         var = list(p.variance)
@@ -207,6 +211,8 @@ class PriorBoxLayer(Layer):
 
     def forward(self, bottom, top):
         fh, fw = bottom[0].height, bottom[0].width
+        if fh * fw == 0:
+            return      # no cells, an empty top (Caffe's loops run zero times)
         img_h, img_w = self.img_hw
         if img_h == 0 or img_w == 0:
             img_h, img_w = bottom[1].height, bottom[1].width
@@ -244,6 +250,11 @@ class DetectionOutputLayer(Layer):
         self.share_location = bool(p.share_location)
         self.num_loc_classes = 1 if self.share_location else self.num_classes
         self.background = int(p.background_label_id)
+        if self.share_location and self.background == -1:
+            # The shared predictions carry label -1 and are skipped as "background"; SSD
+            # stops at its first lookup, as here, only earlier.
+            self.fail("Could not find location predictions for label -1 (share_location "
+                      "with background_label_id -1)")
         self.code_type = p.code_type
         self.variance_in_target = bool(p.variance_encoded_in_target)
         self.keep_top_k = int(p.keep_top_k)
@@ -269,6 +280,10 @@ class DetectionOutputLayer(Layer):
             self.fail("Number of priors must match number of location predictions.")
         if self.num_priors * self.num_classes != bottom[1].count_range(1):
             self.fail("Number of priors must match number of confidence predictions.")
+        if bottom[2].count < 2 * self.num_priors * 4:
+            self.fail(f"the prior bottom holds {bottom[2].count} values; {self.num_priors} "
+                      f"priors need {2 * self.num_priors * 4} (boxes, then variances)",
+                      ShapeError)
         top[0].reshape((1, 1, 1, 7))
 
     def forward(self, bottom, top):

@@ -73,7 +73,7 @@ class MultinomialLogisticLossLayer(_PerItemLabelLoss):
         lab, p = self._true_prob(bottom)
         dx = bottom[0].xdiff.reshape(self.num, self.dim)
         dx[...] = 0
-        scale = top[0].xdiff.reshape(()) * (-1.0 / self.num)
+        scale = top[0].xdiff.reshape(()) * (-1.0 / max(self.num, 1))   # N 0: empty dx
         dx[self._ar, lab] = scale / p
 
 
@@ -118,7 +118,7 @@ class HingeLossLayer(_PerItemLabelLoss):
         w = top[0].xdiff.reshape(())
         if self.l2:
             xp.multiply(self._sign, self._margin, out=dx)
-            dx *= w * (2.0 / self.num)
+            dx *= w * (2.0 / max(self.num, 1))   # an empty batch has an empty dx
         else:
             xp.multiply(self._sign, self._margin > 0, out=dx)
-            dx *= w * (1.0 / self.num)
+            dx *= w * (1.0 / max(self.num, 1))

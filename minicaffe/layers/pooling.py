@@ -199,10 +199,17 @@ class PoolingLayer(Layer):
         n, c, h, w = a.shape
         return a.reshape(n * c, h, w)
 
+    @staticmethod
+    def _rows(a):
+        """(N*C, H*W): one row per plane (sizes spelt out: -1 cannot be inferred at N*C 0)."""
+        n, c, h, w = a.shape
+        return a.reshape(n * c, h * w)
+
     def _forward_max(self, x, y, mask):
         xp = get_array_module(x)
         if self.fast is not None:
-            xs, ys, step = self._planes(x), self._planes(y), self.argmax.shape[0]
+            # max(, 1): an empty batch has no planes, and range() takes no step 0
+            xs, ys, step = self._planes(x), self._planes(y), max(self.argmax.shape[0], 1)
             for a in range(0, xs.shape[0], step):
                 b = min(a + step, xs.shape[0])
                 self.fast.max_forward(xs[a:b], ys[a:b], self.argmax[:b - a], *self.geometry)
@@ -211,9 +218,9 @@ class PoolingLayer(Layer):
             return
         if self.whole:
             n, c = x.shape[:2]
-            xp.max(x.reshape(n * c, -1), axis=1, out=y.reshape(n * c))
+            xp.max(self._rows(x), axis=1, out=y.reshape(n * c))
             if mask is not None:
-                mask.reshape(n * c)[...] = x.reshape(n * c, -1).argmax(axis=1)
+                mask.reshape(n * c)[...] = self._rows(x).argmax(axis=1)
             return
         y[...] = -win.FLT_MAX
         for k, out, inp in self.offsets:
@@ -244,7 +251,7 @@ class PoolingLayer(Layer):
                                   self.pool_size)
             return
         if self.whole:
-            xp.sum(x.reshape(n * c, -1), axis=1, out=y.reshape(n * c))
+            xp.sum(self._rows(x), axis=1, out=y.reshape(n * c))
         else:
             y[...] = 0
             for k, out, inp in self.offsets:
@@ -281,8 +288,8 @@ class PoolingLayer(Layer):
         if self.method == P.MAX:
             dx[...] = 0
             if self.whole:
-                flat = bottom[0].xdata.reshape(n * c, -1)
-                dx.reshape(n * c, -1)[xp.arange(n * c), flat.argmax(axis=1)] = dy.reshape(-1)
+                flat = self._rows(bottom[0].xdata)
+                self._rows(dx)[xp.arange(n * c), flat.argmax(axis=1)] = dy.reshape(-1)
                 return
             for k, out, inp, hit in self._winners(bottom[0].xdata):
                 dx[inp] += xp.multiply(dy[out], hit, out=self.tmp[out])

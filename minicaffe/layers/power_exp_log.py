@@ -2,6 +2,8 @@
 log_base(shift + scale * x), with BVLC Caffe's parameters and defaults."""
 import math
 
+import numpy as np
+
 from ..layer import register
 from .neuron import NeuronLayer
 
@@ -26,6 +28,13 @@ def _log_of_base(layer, base):
     return math.log(base)
 
 
+def _pow(base, exponent):
+    """C's pow, as Caffe computes its constants: inf on overflow, NaN for a negative base
+    and a fractional exponent (Python's ** raises or turns complex instead)."""
+    with np.errstate(all="ignore"):
+        return float(np.power(np.float64(base), np.float64(exponent)))
+
+
 @register("Power")
 class PowerLayer(NeuronLayer):
     """y = (shift + scale * x) ^ power (power_param, defaults power 1, scale 1, shift 0)."""
@@ -44,7 +53,7 @@ class PowerLayer(NeuronLayer):
         y = top[0].xdata
         if self.diff_scale == 0:
             # The output does not depend on x: 1 for power 0, shift^power for scale 0.
-            y[...] = 1.0 if self.power == 0 else self.shift ** self.power
+            y[...] = 1.0 if self.power == 0 else _pow(self.shift, self.power)
             return
         _affine(xp, x, self.scale, self.shift, out=y)
         if self.power != 1:
@@ -76,7 +85,7 @@ class ExpLayer(NeuronLayer):
         base, scale, shift = float(p.base), float(p.scale), float(p.shift)
         log_base = _log_of_base(self, base)
         self.inner_scale = log_base * scale
-        self.outer_scale = 1.0 if shift == 0 else math.exp(log_base * shift)
+        self.outer_scale = 1.0 if shift == 0 else _pow(math.e, log_base * shift)
 
     def forward(self, bottom, top):
         xp = bottom[0].xp

@@ -21,13 +21,26 @@ at first), as Caffe's layer does. Backward goes through time into x, x_static an
 exposed, h_0/c_0 (taking the h_T/c_T top diffs into account); Caffe itself leaves h_0/c_0
 without a gradient there. cont gets none (Caffe refuses it).
 """
+import math
+
 from ..errors import ShapeError
 from ..layer import Layer, register
 from .lstm_unit import lstm_cell_backward, lstm_cell_forward
 
 
 def _rows(a):
-    return a.reshape(-1, a.shape[-1])
+    # Sizes spelt out: -1 cannot be inferred when an axis is 0 (an empty batch).
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+
+
+def _per_step(arr, b, t, n):
+    """(T, N, features) view of ``arr``, the data or diff of Blob ``b``."""
+    return arr.reshape(t, n, b.count_range(2))
+
+
+def _per_item(arr, b, n):
+    """(N, features) view of ``arr``, the data or diff of Blob ``b``."""
+    return arr.reshape(n, b.count_range(1))
 
 
 class _RecurrentLayer(Layer):
@@ -103,10 +116,10 @@ class _RecurrentLayer(Layer):
     def forward(self, bottom, top):
         xp = self.xp_of(bottom[0])
         t, n = bottom[0].shape[0], bottom[0].shape[1]
-        x = bottom[0].xdata.reshape(t, n, -1)
+        x = _per_step(bottom[0].xdata, bottom[0], t, n)
         proj = xp.matmul(x, self.blobs[0].xdata.T) + self.blobs[1].xdata
         if self.static:
-            proj += xp.matmul(bottom[2].xdata.reshape(n, -1), self.blobs[2].xdata.T)
+            proj += xp.matmul(_per_item(bottom[2].xdata, bottom[2], n), self.blobs[2].xdata.T)
         if self.expose:
             states = [b.xdata[0] for b in self._state_bottoms(bottom)]
         elif self.carried is not None and self.carried[0].shape == (n, self.hidden):
@@ -127,17 +140,17 @@ class _RecurrentLayer(Layer):
         else:
             dfinal = [xp.zeros((n, self.hidden), dtype=top[0].dtype) for _ in self.state_names]
         dproj, dstates = self.run_steps_backward(xp, top[0].xdiff, bottom[1].xdata, dfinal)
-        x = bottom[0].xdata.reshape(t, n, -1)
+        x = _per_step(bottom[0].xdata, bottom[0], t, n)
         self._accumulate(0, xp.matmul(_rows(dproj).T, _rows(x)))
         self._accumulate(1, _rows(dproj).sum(axis=0))
         if propagate_down[0]:
-            bottom[0].xdiff.reshape(t, n, -1)[...] = xp.matmul(dproj, self.blobs[0].xdata)
+            _per_step(bottom[0].xdiff, bottom[0], t, n)[...] = xp.matmul(dproj, self.blobs[0].xdata)
         if self.static:
             dstatic = dproj.sum(axis=0)  # x_static feeds every step
-            xs = bottom[2].xdata.reshape(n, -1)
+            xs = _per_item(bottom[2].xdata, bottom[2], n)
             self._accumulate(2, xp.matmul(dstatic.T, xs))
             if propagate_down[2]:
-                bottom[2].xdiff.reshape(n, -1)[...] = xp.matmul(dstatic, self.blobs[2].xdata)
+                _per_item(bottom[2].xdiff, bottom[2], n)[...] = xp.matmul(dstatic, self.blobs[2].xdata)
         first = len(bottom) - len(self.state_names)
         for k, (b, d) in enumerate(zip(self._state_bottoms(bottom), dstates)):
             if propagate_down[first + k]:

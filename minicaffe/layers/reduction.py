@@ -145,7 +145,8 @@ class ArgMaxLayer(Layer):
             out[...] = vals if self.out_max_val else idx
         else:
             n = x.shape[0]
-            idx, vals = self._top_k(xp, x.reshape(n, -1))
+            # count(1), not -1: a batch of 0 has no size to infer the row length from
+            idx, vals = self._top_k(xp, x.reshape(n, bottom[0].count_range(1)))
             if self.out_max_val:
                 out = top[0].xdata.reshape(n, 2, self.top_k)
                 out[:, 0] = idx

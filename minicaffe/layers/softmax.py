@@ -4,6 +4,8 @@ from ..layer import Layer, register
 
 def softmax3(xp, x, y):
     """y = softmax of x over axis 1 of (outer, C, inner) views; y may be x."""
+    if x.size == 0:
+        return      # y is empty too; max() of nothing would raise
     m = x.max(axis=1, keepdims=True)
     xp.subtract(x, m, out=y)
     xp.exp(y, out=y)

@@ -65,12 +65,11 @@ class DummyDataLayer(DataSourceLayer):
     def layer_setup(self, bottom, top):
         p = self.layer_param.dummy_data_param
         n = len(top)
-        legacy = None
-        if len(p.num):
-            legacy = [(p.num[i], p.channels[i], p.height[i], p.width[i]) for i in range(len(p.num))]
+        legacy = self._legacy_shapes(p, n)
         shapes = _shapes(n, p.shape, legacy)
         if len(shapes) != n:
-            self.fail(f"dummy_data_param gives {len(shapes)} shapes for {n} tops")
+            self.fail(f"Must specify 'shape' once, or once per top blob ({n}); specified "
+                      f"{len(p.shape)}")
         fillers = list(p.data_filler) or [caffe_pb2.FillerParameter(type="constant", value=0)]
         if len(fillers) == 1:
             fillers = fillers * n
@@ -81,6 +80,21 @@ class DummyDataLayer(DataSourceLayer):
         for t, s, f in zip(top, shapes, fillers):
             t.reshape(s)
             t.xdata[...] = t.xp.asarray(filled_array(s, f))
+
+    def _legacy_shapes(self, p, n):
+        """The deprecated num/channels/height/width, each given once or once per top (Caffe's
+        checks and wording); None when none is given."""
+        fields = ("num", "channels", "height", "width")
+        if not any(len(getattr(p, f)) for f in fields):
+            return None
+        if len(p.shape):
+            self.fail("Both shape and legacy fields were specified")
+        for f in fields:
+            k = len(getattr(p, f))
+            if k not in (1, n):
+                self.fail(f"Must specify '{f}' once, or once per top blob ({n}); specified {k}")
+        return [tuple(getattr(p, f)[0 if len(getattr(p, f)) == 1 else i] for f in fields)
+                for i in range(n)]
 
     def forward(self, bottom, top):
         for t, f, refill in zip(top, self._fillers, self._refill):

@@ -40,7 +40,7 @@ class EuclideanLossLayer(LossLayer):
     def backward(self, top, propagate_down, bottom):
         xp = bottom[0].xp
         w = top[0].xdiff.reshape(())
-        num = bottom[0].shape[0]
+        num = max(bottom[0].shape[0], 1)   # an empty batch has an empty gradient
         for i, sign in ((0, 1.0), (1, -1.0)):
             if i < len(propagate_down) and propagate_down[i]:
                 dx = bottom[i].xdiff
