@@ -5,6 +5,11 @@
 """
 import os
 
+# The environment as the process got it, before the thread defaults minicaffe sets (here and
+# in kernels/cpu.py): benchmarks start their children with it, so those defaults never reach
+# the PyTorch reference processes.
+user_environ = dict(os.environ)
+
 # OpenBLAS's threads spin for ~2^28 cycles after each GEMM before they sleep; the compiled
 # kernels that run between GEMMs (im2col, pooling) then share the cores with spinning
 # threads and took up to 2x longer. 2^4 cycles makes them sleep at once. OpenBLAS reads this

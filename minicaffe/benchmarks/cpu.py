@@ -18,7 +18,8 @@ and for cifar10_bn also:
 
 With torch installed (``pip install torch==2.13.0``; never a minicaffe dependency) the same
 nets run in PyTorch, channels-last and NCHW. Each side is timed in its own child process with
-the environment as it is, never two in one: sharing a process, torch's thread pools and
+the environment as given (without the thread defaults importing
+minicaffe sets), never two in one: sharing a process, torch's thread pools and
 memory slowed minicaffe's training iteration by ~30 %. The parent runs the children one right
 after the other for ``--pairs`` passes (at least two: ours, PyTorch NHWC, PyTorch NCHW, ours,
 ...), so all meet the same load. Times are medians of the pooled samples; ratios (ours over
@@ -258,7 +259,11 @@ def main(argv=None):
     print(f"minicaffe {getattr(minicaffe, '__version__', '?')}, numpy {np.__version__}"
           + (f", torch {tv} ({THREADS} threads)" if tv else "")
           + f", {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    print("OPENBLAS_THREAD_TIMEOUT=" + os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"))
+    given = {k: minicaffe.user_environ.get(k, "unset") for k in (
+        "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    print("children get the environment as given: " +
+          ", ".join(f"{k}={v}" for k, v in given.items()) +
+          " (minicaffe's children then set their own defaults, as a user's run does)")
     print(f"nets: {', '.join(nets)}; rounds: {per_child * pairs} (median; {pairs} passes of "
           f"{per_child} per side, one process per side and pass)\n", flush=True)
 

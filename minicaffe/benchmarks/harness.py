@@ -110,9 +110,12 @@ def emit_result(result):
 
 def run_module(module, args):
     """Run ``python -m module args`` in a fresh process (cwd ROOT: the prototxts' data paths
-    are relative to the repository; the environment as it is); return (exit status, output)."""
+    are relative to the repository; the environment as the parent got it, without the thread
+    defaults importing minicaffe added); return (exit status, output)."""
+    import minicaffe
     cmd = [sys.executable, "-m", module] + [str(a) for a in args]
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(minicaffe.user_environ),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return proc.returncode, proc.stdout.decode(errors="replace")
 
 

@@ -2,15 +2,47 @@
 
 ``Handles`` owns oneDNN objects and destroys them together. ``Pass`` wraps one primitive
 descriptor: for every argument whose layout the primitive chose differently from the caller's
-(format ``any``), it keeps a oneDNN-allocated buffer in the primitive's layout and a reorder
-primitive to or from the caller's; the caller's memories get their data pointer per call, so a
-call allocates nothing.
+(format ``any``), it keeps a memory in the primitive's layout and a reorder primitive to or
+from the caller's; the caller's memories get their data pointer per call, so a call allocates
+nothing.
+
+Those own-layout copies (and the scratchpads) are a batch of activations each: kept per pass,
+a ResNet-20 at batch 1000 held gigabytes of them. Passes run one at a time, so they all borrow
+the buffers of one process-wide ``Workspace`` instead, each slot as large as the largest use.
 """
 import ctypes
 import threading
 import weakref
 
+import numpy as np
+
 from . import library as L
+
+ALIGN = 64   # bytes; oneDNN's kernels want cache-line aligned data
+
+
+class Workspace:
+    """Buffers lent to the passes of the process: slot k serves the k-th own-layout memory of
+    whichever pass runs (under ``lock``), and only grows."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self._buffers = []
+
+    def addresses(self, sizes):
+        out = []
+        for k, size in enumerate(sizes):
+            if k == len(self._buffers):
+                self._buffers.append(None)
+            buf = self._buffers[k]
+            if buf is None or buf.nbytes < size + ALIGN:
+                buf = self._buffers[k] = np.empty(size + ALIGN, np.uint8)
+            address = buf.ctypes.data
+            out.append(address + (-address % ALIGN))
+        return out
+
+
+WORKSPACE = Workspace()
 
 
 def _destroy(lib, items):
@@ -76,6 +108,7 @@ class Pass:
         lib = self._lib = handles.lib
         self._stream = handles.stream
         self._user, self._before, self._after = {}, [], []
+        self._borrowed = []   # (memory, bytes) whose buffer comes from WORKSPACE per call
         args = []
         for arg, user_md in user_mds.items():
             user = self._user[arg] = handles.memory(user_md)
@@ -83,7 +116,8 @@ class Pass:
             if lib.dnnl_memory_desc_equal(md, user_md):
                 args.append((arg, user))
                 continue
-            inner = handles.memory(md, L.MEMORY_ALLOCATE)
+            inner = handles.memory(md)
+            self._borrowed.append((inner, lib.dnnl_memory_desc_get_size(md)))
             args.append((arg, inner))
             if arg in outputs:
                 self._after.append(self._reorder(handles, md, user_md, inner, user))
@@ -91,11 +125,12 @@ class Pass:
                 self._before.append(self._reorder(handles, user_md, md, user, inner))
         scratch = lib.dnnl_primitive_desc_query_md(pd, L.QUERY_SCRATCHPAD_MD, 0)
         if scratch and lib.dnnl_memory_desc_get_size(scratch):
-            args.append((L.ARG_SCRATCHPAD, handles.memory(scratch, L.MEMORY_ALLOCATE)))
+            pad = handles.memory(scratch)
+            self._borrowed.append((pad, lib.dnnl_memory_desc_get_size(scratch)))
+            args.append((L.ARG_SCRATCHPAD, pad))
         self._steps = self._before + [(handles.primitive(pd), _exec_args(args))] + self._after
         self.implementation = _impl_info(lib, pd)
         self.reorders = len(self._before) + len(self._after)
-        self._lock = threading.Lock()   # the user memories' pointers are set per call
 
     def _reorder(self, handles, src_md, dst_md, src, dst):
         eng = handles.engine
@@ -106,7 +141,10 @@ class Pass:
     def run(self, arrays):
         """Run on ``arrays`` {argument: C-contiguous float32 ndarray}, one per user argument."""
         lib, stream = self._lib, self._stream
-        with self._lock:
+        with WORKSPACE.lock:   # the memories' pointers are set per call
+            addresses = WORKSPACE.addresses([size for _, size in self._borrowed])
+            for (mem, _), address in zip(self._borrowed, addresses):
+                lib.dnnl_memory_set_data_handle(mem, address)
             for arg, a in arrays.items():
                 lib.dnnl_memory_set_data_handle(self._user[arg], a.ctypes.data)
             for prim, args in self._steps:
