@@ -22,6 +22,8 @@ from . import backend
 from .blob_limits import check_blob_size
 from .errors import BlobSizeError
 
+MAX_AXES = 32   # Caffe's kMaxBlobAxes
+
 # Which side of a device buffer holds the newest values.
 _HOST, _DEVICE, _SYNCED = 1, 2, 3
 
@@ -145,7 +147,10 @@ class Blob:
             shape = tuple(shape[0])
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
-            raise ValueError(f"blob shape {shape} has a negative dimension")
+            raise BlobSizeError(f"blob shape {shape} has a negative dimension")
+        if len(shape) > MAX_AXES:
+            raise BlobSizeError(f"blob shape {shape} has {len(shape)} axes; at most {MAX_AXES} "
+                                "are allowed (Caffe's kMaxBlobAxes)")
         if shape == self._shape and self._data is not None:
             return
         count = check_blob_size(shape, self.dtype)

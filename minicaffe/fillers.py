@@ -51,6 +51,8 @@ def filled_array(shape, param):
     shape = tuple(int(s) for s in shape)
     g = backend.rng()
     kind = param.type
+    if 0 in shape:   # an empty blob (an empty axis upstream): nothing to draw, no fan to divide by
+        return np.zeros(shape, dtype=np.float32)
     if kind == "constant":
         return np.full(shape, param.value, dtype=np.float32)
     if kind == "uniform":

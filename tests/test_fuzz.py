@@ -86,13 +86,7 @@ def deadline(seconds=DEADLINE_S):
 
 # Raw errors raised in files that other branches own, reported to the lead: (file, error).
 # Until they are fixed there, the property lets exactly these pass.
-KNOWN_ELSEWHERE = [
-    ("minicaffe/blob.py", ValueError),         # a negative dim: Caffe's Blob CHECK, not ShapeError
-    ("minicaffe/blob.py", MemoryError),        # no memory guard yet (not in the huge-shape test)
-    ("minicaffe/fillers.py", ZeroDivisionError),   # xavier/msra fan of a zero-sized blob
-    ("minicaffe/net_weights.py", TypeError),   # a solverstate's non-UTF-8 learned_net is bytes
-    ("minicaffe/solvers/snapshot_files.py", TypeError),    # the same bytes path
-]
+KNOWN_ELSEWHERE = []   # (file, exception type) a known raw error may come from
 
 
 def _origin(error):
@@ -213,10 +207,6 @@ def test_mutated_solvers_build_or_fail_cleanly(tmp_path_factory, param):
         expect_documented(lambda: _run_solver(param), "solver mutated")
 
 
-@pytest.mark.xfail(raises=MemoryError, strict=False,
-                   reason="Blob has no physical-memory / INT_MAX count guard on this branch "
-                          "(the io/blob engineer adds it); without it a huge shape is a "
-                          "MemoryError from NumPy, not a MiniCaffeError")
 @settings(fuzz_settings(0.5), report_multiple_bugs=False)
 @given(data=st.data())
 def test_huge_shapes_fail_cleanly_within_a_memory_cap(data):

@@ -114,3 +114,37 @@ def test_dummy_data_legacy_dims_give_one_shape_per_top():
     net = minicaffe.Net(_net('type: "DummyData" dummy_data_param { num: 3 num: 2 channels: 4 '
                              'height: 1 width: 5 }', None, num_top=2), minicaffe.TRAIN)
     assert [tuple(net.blobs[t].shape) for t in ("t0", "t1")] == [(3, 4, 1, 5), (2, 4, 1, 5)]
+
+
+def test_negative_and_too_many_axes_are_blob_size_errors():
+    from minicaffe.blob import Blob
+    from minicaffe.errors import BlobSizeError
+    with pytest.raises(BlobSizeError, match="negative dimension"):
+        Blob((2, -1))
+    with pytest.raises(BlobSizeError, match="33 axes; at most 32"):
+        Blob((1,) * 33)
+
+
+def test_msra_and_xavier_fill_an_empty_blob():
+    from minicaffe.fillers import filled_array
+    from minicaffe.proto import caffe_pb2
+    for kind in ("xavier", "msra"):
+        assert filled_array((0, 5), caffe_pb2.FillerParameter(type=kind)).shape == (0, 5)
+
+
+def test_pooling_window_offsets_of_a_huge_kernel_equal_a_scan_of_every_offset():
+    from minicaffe.kernels import array_im2col as cols
+
+    def scan(k, p, in_len, out_len):   # every offset, as the loop over the whole kernel does
+        return [i for i in range(k) if cols._axis_offset(i - p, out_len, 1, in_len)]
+
+    offsets = cols.window_offsets((65536, 9), (1, 1), (65535, 4), (9, 8), (9, 8))
+    rows = sorted({k // 9 for k, _, _ in offsets})
+    assert rows == scan(65536, 65535, 9, 9) and len(rows) == 9
+
+
+def test_a_solverstate_whose_learned_net_is_not_utf8_is_named(tmp_path):
+    from minicaffe.errors import MiniCaffeError
+    from minicaffe.solvers.snapshot_files import learned_net_path
+    with pytest.raises(MiniCaffeError, match="learned_net is not a UTF-8 path"):
+        learned_net_path(str(tmp_path / "x.solverstate"), b"\xff\xfe")

@@ -67,14 +67,19 @@ def window_offsets(kernel, stride, pad, in_hw, out_hw, dilation=(1, 1)):
     ``(k, (out_h, out_w), (in_h, in_w))`` -- slices such that ``x[..., in_h, in_w]`` holds
     sample (i, j) of the windows ``y[..., out_h, out_w]``. Offsets that only ever sample the
     padding are skipped."""
-    out = []
-    for i in range(kernel[0]):
-        rows = _axis_offset(i * dilation[0] - pad[0], out_hw[0], stride[0], in_hw[0])
-        for j in range(kernel[1]):
-            cols = _axis_offset(j * dilation[1] - pad[1], out_hw[1], stride[1], in_hw[1])
-            if rows is not None and cols is not None:
-                out.append((i * kernel[1] + j, (rows[0], cols[0]), (rows[1], cols[1])))
-    return out
+    rows = _sampling_offsets(kernel[0], dilation[0], pad[0], out_hw[0], stride[0], in_hw[0])
+    cols = _sampling_offsets(kernel[1], dilation[1], pad[1], out_hw[1], stride[1], in_hw[1])
+    return [(i * kernel[1] + j, (r[0], c[0]), (r[1], c[1])) for i, r in rows for j, c in cols]
+
+
+def _sampling_offsets(k, d, p, out_len, stride, in_len):
+    """[(i, _axis_offset of kernel offset i)] for the offsets that sample the image. Only
+    i with -(out_len-1)*stride <= i*d - p < in_len can, so a kernel far larger than the
+    image (all padding but a few rows) costs what those rows cost."""
+    lo = max(0, -(-(p - (out_len - 1) * stride) // d))
+    hi = min(k, -(-(in_len + p) // d))
+    found = ((i, _axis_offset(i * d - p, out_len, stride, in_len)) for i in range(lo, hi))
+    return [(i, a) for i, a in found if a is not None]
 
 
 class Scratch:

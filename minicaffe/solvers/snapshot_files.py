@@ -102,6 +102,9 @@ def read_solver_state(state_file, history, solver_type):
 def learned_net_path(state_file, learned):
     """The solverstate's ``learned_net``; a relative path that does not exist from here is
     looked for beside the solverstate (a snapshot directory moved as a whole)."""
+    if isinstance(learned, bytes):   # protobuf hands back a string field that is not UTF-8
+        raise MiniCaffeError(f"{os.fspath(state_file)}: learned_net is not a UTF-8 path "
+                             f"({learned[:40]!r}); not a solverstate written by Caffe?")
     if not os.path.isabs(learned) and not os.path.exists(learned):
         beside = os.path.join(os.path.dirname(os.fspath(state_file)), os.path.basename(learned))
         if os.path.exists(beside):
