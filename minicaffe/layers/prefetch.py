@@ -4,6 +4,7 @@
 reading, decoding and transforming overlap the net's compute; ``PrefetchingDataLayer`` is the
 base of the layers that serve its batches (Data, ImageData).
 """
+import os
 import queue
 import threading
 import weakref
@@ -22,7 +23,19 @@ class _Failure:
         self.exc = exc
 
 
+def _yield_to_compute():
+    """Lower this thread's CPU priority (Linux nice is per thread): on a machine whose cores
+    the compute threads fill, the reader then runs in their idle moments instead of pre-empting
+    an OpenMP worker mid-layer, which stalled every other worker at the layer's barrier."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(10, os.getpriority(os.PRIO_PROCESS, tid)))
+    except (AttributeError, OSError):   # not Linux, or not permitted: run at normal priority
+        pass
+
+
 def _prefetch_loop(produce, free, full):
+    _yield_to_compute()
     while True:
         token = free.get()
         if token is _STOP:
