@@ -125,6 +125,26 @@ def test_deconvolution_matches_caffe_engine(case):
     _compare(case, "Deconvolution")
 
 
+def test_chunk_sizes_cover_the_batch_in_near_equal_chunks(monkeypatch):
+    from minicaffe.engines.onednn import conv_layer
+    monkeypatch.setattr(conv_layer, "CHUNK_BYTES", 1000)
+    # at most 1000 // 300 = 3 images per chunk: 10 images need 4 chunks, of ceil(10 / 4) = 3
+    assert conv_layer.chunk_sizes(10, 300) == [3, 3, 3, 1]
+    assert conv_layer.chunk_sizes(9, 300) == [3, 3, 3]
+    assert conv_layer.chunk_sizes(2, 5000) == [1, 1]     # an image larger than a chunk
+    assert conv_layer.chunk_sizes(100, 10) == [100]
+
+
+@needs_onednn
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+@pytest.mark.parametrize("case", GRID[::4], ids=IDS[::4])
+def test_a_batch_in_chunks_matches_caffe_engine(monkeypatch, case, kind):
+    from minicaffe.engines.onednn import conv_layer
+    monkeypatch.setattr(conv_layer, "CHUNK_BYTES", 1)    # one image per chunk
+    n = case[0]
+    _compare((max(n, 3),) + tuple(case[1:]), kind)
+
+
 @needs_onednn
 def test_reshape_rebuilds_for_a_new_input_shape():
     lp = conv_param(num_output=3, kernel=(3, 3), pad=(1, 1))
