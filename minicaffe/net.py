@@ -13,7 +13,7 @@ import numpy as np
 
 from . import backend
 from .blob import move_blobs
-from .errors import LayerError, ShapeError
+from .errors import BlobSizeError, LayerError, ShapeError
 from .io.protobinary import write_binary
 from .net_debug_info import backward_debug_info, backward_norms, forward_debug_info
 from .net_graph import NetGraph
@@ -152,7 +152,10 @@ class Net:
         for li in range(start, end + 1):
             layer = self.layers[li]
             bottom, top = self._bottom_vecs[li], self._top_vecs[li]
-            layer.reshape(bottom, top)
+            try:
+                layer.reshape(bottom, top)
+            except BlobSizeError as e:   # a reshaped input: the blob knows its shape, not whose
+                layer.fail(str(e))
             layer.forward(bottom, top)
             if self.debug_info:
                 forward_debug_info(self, li)

@@ -427,3 +427,17 @@ def test_cli_bad_inputs_exit_1_with_one_line(tmp_path):
         errors = [line for line in r.stderr.splitlines() if line.startswith("minicaffe:")]
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert len(errors) == 1 and re.search(message, errors[0]), r.stderr
+
+
+def test_an_input_reshaped_past_the_size_limit_names_the_layer(tmp_path):
+    import minicaffe as caffe
+    from minicaffe.errors import LayerError
+    model = tmp_path / "n.prototxt"
+    model.write_text('layer { name: "in" type: "Input" top: "x" '
+                     'input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
+                     'layer { name: "conv" type: "Convolution" bottom: "x" top: "y" '
+                     'convolution_param { num_output: 100000 kernel_size: 1 } }\n')
+    net = caffe.Net(str(model), caffe.TEST)
+    net.blobs["x"].reshape(1, 1, 200, 200)      # conv's top: 100000 x 200 x 200 > INT_MAX
+    with pytest.raises(LayerError, match=r"Convolution layer 'conv'.*INT_MAX"):
+        net.forward()
