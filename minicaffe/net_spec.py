@@ -36,11 +36,6 @@ from google.protobuf.descriptor import FieldDescriptor
 from .errors import MiniCaffeError
 from .proto import caffe_pb2
 
-# Importing the layer package before ``minicaffe.layers`` is rebound to the ``layers`` object
-# below keeps every layer registered (see Layers.__getattr__ for how its submodules stay
-# reachable).
-from . import layers as _layer_package  # noqa: F401,E402
-
 __all__ = ["NetSpec", "Top", "Function", "Layers", "Parameters", "layers", "params",
            "to_proto", "param_name_dict", "assign_proto", "NetSpecError"]
 

@@ -211,11 +211,3 @@ class DataTransformer:
         if mirror.any():
             out[mirror] = out[mirror][..., ::-1]
         return out
-
-    def transform_datums(self, datums, out=None):
-        """Decode/unpack Datums and transform them as one batch; also returns their labels."""
-        arrays = [self.datum_array(d, what=f"datum {i}") for i, d in enumerate(datums)]
-        shapes = {a.shape for a in arrays}
-        batch = np.stack(arrays) if len(shapes) == 1 else arrays
-        labels = np.array([d.label for d in datums], dtype=np.float32)
-        return self.transform(batch, out=out), labels

@@ -5,6 +5,7 @@ import re
 from google.protobuf import text_format
 
 from ..errors import MiniCaffeError, PrototxtError
+from .atomic_file import write_bytes_atomically
 
 # Control characters other than whitespace: "Invalid control characters encountered in text."
 CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0e-\x1f]")
@@ -54,7 +55,5 @@ def read_prototxt(path, message):
 
 
 def write_prototxt(message, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text_format.MessageToString(message))
-    os.replace(tmp, path)
+    """Write atomically, as the binary files are (``atomic_file``)."""
+    write_bytes_atomically(path, text_format.MessageToString(message).encode("utf-8"))

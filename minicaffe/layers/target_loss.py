@@ -73,7 +73,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
         x = bottom[0].xdata
         t = bottom[1].xdata.reshape(x.shape)
         # sigmoid kept for backward (tanh form: no overflow)
-        s = sigmoid(xp, x, out=self._sig)
+        sigmoid(xp, x, out=self._sig)
         # per element: -(x (t - [x >= 0]) - log(1 + exp(-|x|)))
         term = xp.abs(x)
         xp.negative(term, out=term)

@@ -93,6 +93,10 @@ _STATUS_CALLS = {
         [_PP, _P, _INT, _P, _P, _P, _DIMS, _DIMS, _DIMS, _DIMS, _P, _P],
     "dnnl_convolution_backward_weights_primitive_desc_create":
         [_PP, _P, _INT, _P, _P, _P, _P, _DIMS, _DIMS, _DIMS, _DIMS, _P, _P],
+    "dnnl_pooling_forward_primitive_desc_create":
+        [_PP, _P, _INT, _INT, _P, _P, _DIMS, _DIMS, _DIMS, _DIMS, _DIMS, _P],
+    "dnnl_pooling_backward_primitive_desc_create":
+        [_PP, _P, _INT, _P, _P, _DIMS, _DIMS, _DIMS, _DIMS, _DIMS, _P, _P],
     "dnnl_reorder_primitive_desc_create": [_PP, _P, _P, _P, _P, _P],
     "dnnl_primitive_desc_query": [_P, _INT, _INT, _P],
     "dnnl_primitive_desc_destroy": [_P],

@@ -11,7 +11,6 @@ ValueError (the caller's reference code serves them).
 Inside, x is reordered to nChw8c and y is in oneDNN's pick: its jit kernels do not take nchw
 (there it runs a plain loop, 3-6x slower than the reference on the example's shapes).
 """
-import ctypes
 
 from . import library as L
 from .convolution import _check, _pair, _result
@@ -19,23 +18,6 @@ from .primitive import Handles, Pass
 
 TAG_NCHW8C = 102
 POOLING_AVG_INCLUDE_PADDING, POOLING_AVG_EXCLUDE_PADDING = 0x2FF, 0x3FF
-
-_P, _PP, _INT = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int
-_DIMS = ctypes.POINTER(ctypes.c_int64)
-# The pooling calls (status-returning), bound here: library.py binds the convolution's.
-_CALLS = {
-    "dnnl_pooling_forward_primitive_desc_create":
-        [_PP, _P, _INT, _INT, _P, _P, _DIMS, _DIMS, _DIMS, _DIMS, _DIMS, _P],
-    "dnnl_pooling_backward_primitive_desc_create":
-        [_PP, _P, _INT, _P, _P, _DIMS, _DIMS, _DIMS, _DIMS, _DIMS, _P, _P],
-}
-
-
-def _bound(lib):
-    for name, argtypes in _CALLS.items():
-        func = getattr(lib, name)
-        func.argtypes, func.restype, func.errcheck = argtypes, _INT, L._errcheck
-    return lib
 
 
 def algorithm(input_hw, output_hw, kernel, stride, pad):
@@ -67,7 +49,6 @@ class AveragePooling:
         alg, pad_r = algorithm((h, w), output_hw, kernel, stride, pad)
         self.input_shape, self.output_shape = (n, c, h, w), (n, c) + output_hw
         self._h = h_ = Handles()
-        _bound(h_.lib)
         md = h_.memory_desc
         self._x, self._y = md(self.input_shape, L.TAG_NCHW), md(self.output_shape, L.TAG_NCHW)
         x_in, y_in = md(self.input_shape, TAG_NCHW8C), md(self.output_shape, L.TAG_ANY)

@@ -131,6 +131,7 @@ class Pass:
         self._steps = self._before + [(handles.primitive(pd), _exec_args(args))] + self._after
         self.implementation = _impl_info(lib, pd)
         self.reorders = len(self._before) + len(self._after)
+        self._sizes = [size for _, size in self._borrowed]
 
     def _reorder(self, handles, src_md, dst_md, src, dst):
         eng = handles.engine
@@ -142,7 +143,7 @@ class Pass:
         """Run on ``arrays`` {argument: C-contiguous float32 ndarray}, one per user argument."""
         lib, stream = self._lib, self._stream
         with WORKSPACE.lock:   # the memories' pointers are set per call
-            addresses = WORKSPACE.addresses([size for _, size in self._borrowed])
+            addresses = WORKSPACE.addresses(self._sizes)
             for (mem, _), address in zip(self._borrowed, addresses):
                 lib.dnnl_memory_set_data_handle(mem, address)
             for arg, a in arrays.items():
